@@ -1,0 +1,176 @@
+"""GPU benchmarks of the engine (issue 7): decode at batch 1, offline throughput, KV utilization, prefix sharing.
+
+Random weights with real configs; Hugging Face generate() and the copy bandwidth measured in the same run.
+Prints a short table and writes JSON. Run on a GPU host:
+    python benchmarks/gpu_bench.py --out gpu_bench.json [--shapes qwen3-0.6b,qwen2.5-7b] [--tests decode,hf,throughput,prefix]
+"""
+import argparse
+import gc
+import json
+import os
+import random
+import statistics
+import time
+
+import torch
+
+from engine import LLM, SamplingParams
+from engine.loader import bundled_config
+
+
+def copy_bandwidth() -> float:
+    src = torch.empty(1 << 30, dtype=torch.uint8, device="cuda").random_()
+    dst = torch.empty_like(src)
+    for _ in range(3):
+        dst.copy_(src)
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    times = []
+    for _ in range(20):
+        start.record(); dst.copy_(src); end.record(); end.synchronize()
+        times.append(start.elapsed_time(end) / 1e3)
+    return 2 * src.numel() / statistics.median(times)
+
+
+def free() -> None:
+    gc.collect()
+    torch.cuda.empty_cache()
+
+
+def rand_prompt(rng: random.Random, n: int, vocab: int) -> list[int]:
+    return [rng.randrange(100, vocab - 100) for _ in range(n)]
+
+
+def decode_batch1(shape: str, bw: float, prompt_len: int = 128, new: int = 256) -> dict:
+    llm = LLM.from_config(shape, dtype="bfloat16", device="cuda", max_num_seqs=8, kv_cache_fraction=0.92,
+                          max_model_len=4096)
+    e = llm.engine
+    rng = random.Random(0)
+    prompt = rand_prompt(rng, prompt_len, e.model_config.vocab_size)
+    params = SamplingParams(temperature=0.0, max_tokens=new, min_tokens=new)
+    llm.generate([prompt], SamplingParams(temperature=0.0, max_tokens=16, min_tokens=16))
+    torch.cuda.synchronize()
+    t = time.perf_counter()
+    out = llm.generate([prompt], params)[0]
+    wall = time.perf_counter() - t
+    m = out.metrics
+    decode_s = m.finish_time - m.first_token_time
+    floor_ms = e.weights_bytes / bw * 1e3
+    result = {"shape": shape, "weights_gb": round(e.weights_bytes / 1e9, 2), "kv_cache_gb": round(e.runner.kv_cache_bytes / 1e9, 2),
+              "tokens": new, "wall_tokens_per_s": round(new / wall, 1), "decode_tokens_per_s": round((new - 1) / decode_s, 1),
+              "ms_per_step": round(decode_s / (new - 1) * 1e3, 3), "floor_ms_per_step": round(floor_ms, 3),
+              "fraction_of_floor": round(floor_ms / (decode_s / (new - 1) * 1e3), 3), "graphs": bool(e.runner.graphs)}
+    del llm, e
+    free()
+    return result
+
+
+def hf_generate(shape: str, batch: int = 1, prompt_len: int = 128, new: int = 64) -> dict:
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    cfg = bundled_config(shape)
+    config = AutoConfig.for_model(cfg["model_type"], **{k: v for k, v in cfg.items() if k != "model_type"})
+    with torch.device("cuda"):
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16).eval()
+    ids = torch.randint(100, cfg["vocab_size"] - 100, (batch, prompt_len), device="cuda")
+    kw = dict(max_new_tokens=new, min_new_tokens=new, do_sample=False, pad_token_id=0)
+    with torch.no_grad():
+        model.generate(ids, max_new_tokens=4, do_sample=False, pad_token_id=0)
+        torch.cuda.synchronize()
+        t = time.perf_counter()
+        model.generate(ids, **kw)
+        torch.cuda.synchronize()
+    dt = time.perf_counter() - t
+    del model
+    free()
+    return {"shape": shape, "batch": batch, "tokens_per_s": round(batch * new / dt, 1)}
+
+
+def offline_throughput(shape: str, n: int = 256, lo: int = 100, hi: int = 1024) -> dict:
+    llm = LLM.from_config(shape, dtype="bfloat16", device="cuda", max_num_seqs=256, max_num_batched_tokens=8192,
+                          kv_cache_fraction=0.9, max_model_len=4096)
+    e = llm.engine
+    rng = random.Random(0)
+    prompts = [rand_prompt(rng, rng.randint(lo, hi), e.model_config.vocab_size) for _ in range(n)]
+    outs_len = [rng.randint(lo, hi) for _ in range(n)]
+    params = [SamplingParams(temperature=0.0, max_tokens=k, min_tokens=k, ignore_eos=True) for k in outs_len]
+    llm.generate(prompts[:8], SamplingParams(temperature=0.0, max_tokens=8))
+    e.peak_blocks, e.utilization_at_peak = 0, 0.0
+    torch.cuda.synchronize()
+    t = time.perf_counter()
+    outs = llm.generate(prompts, params)
+    dt = time.perf_counter() - t
+    total = sum(len(o.token_ids) for o in outs)
+    s = e.stats()
+    result = {"shape": shape, "requests": n, "output_tokens": total, "seconds": round(dt, 2),
+              "output_tokens_per_s": round(total / dt, 1), "kv_blocks_total": s.kv_blocks_total,
+              "peak_kv_blocks_used": s.peak_kv_blocks_used, "kv_utilization_at_peak": round(s.kv_utilization_at_peak, 4),
+              "preemptions": s.num_preemptions}
+    del llm, e
+    free()
+    return result
+
+
+def prefix_sharing(shape: str, n: int = 64, system_len: int = 2000, suffix: int = 32) -> dict:
+    result = {"shape": shape, "requests": n, "shared_tokens": system_len}
+    rng = random.Random(1)
+    for caching in (True, False):
+        llm = LLM.from_config(shape, dtype="bfloat16", device="cuda", max_num_seqs=n, max_num_batched_tokens=8192,
+                              enable_prefix_caching=caching, kv_cache_fraction=0.9, max_model_len=4096)
+        vocab = llm.engine.model_config.vocab_size
+        system = rand_prompt(rng, system_len, vocab)
+        llm.generate([rand_prompt(rng, 64, vocab)], SamplingParams(temperature=0.0, max_tokens=4))
+        prompts = [system + rand_prompt(rng, suffix, vocab) for _ in range(n)]
+        outs = llm.generate(prompts, SamplingParams(temperature=0.0, max_tokens=16, min_tokens=16))
+        ttfts = [o.metrics.first_token_time - o.metrics.arrival_time for o in outs]
+        key = "with_cache" if caching else "without_cache"
+        result[key] = {"ttft_p50_s": round(statistics.median(ttfts), 4), "ttft_max_s": round(max(ttfts), 4),
+                       "hit_rate": round(llm.engine.stats().prefix_cache_hit_rate, 4)}
+        del llm
+        free()
+    result["ttft_p50_ratio"] = round(result["without_cache"]["ttft_p50_s"] / result["with_cache"]["ttft_p50_s"], 2)
+    return result
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", default="gpu_bench.json")
+    ap.add_argument("--shapes", default="qwen3-0.6b,qwen2.5-7b,qwen2.5-32b")
+    ap.add_argument("--tests", default="decode,hf,throughput,prefix")
+    args = ap.parse_args()
+    shapes, tests = args.shapes.split(","), args.tests.split(",")
+    props = torch.cuda.get_device_properties(0)
+    res: dict = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "gpu": props.name,
+                 "gpu_memory_gb": round(props.total_memory / 1e9, 1), "torch": torch.__version__,
+                 "triton": __import__("triton").__version__, "cuda": torch.version.cuda}
+    bw = copy_bandwidth()
+    res["copy_bandwidth_tb_s"] = round(bw / 1e12, 3)
+    print(f"{props.name}: copy bandwidth {bw / 1e12:.2f} TB/s", flush=True)
+
+    def save() -> None:
+        with open(args.out, "w") as f:
+            json.dump(res, f, indent=2)
+
+    for shape in shapes:
+        if "decode" in tests:
+            r = res.setdefault("decode_batch1", []); r.append(decode_batch1(shape, bw)); save()
+            print(json.dumps(r[-1]), flush=True)
+        if "hf" in tests:
+            r = res.setdefault("hf_generate", []); r.append(hf_generate(shape)); save()
+            print(json.dumps(r[-1]), flush=True)
+    if "throughput" in tests:
+        res["offline_throughput"] = offline_throughput("qwen3-0.6b"); save()
+        print(json.dumps(res["offline_throughput"]), flush=True)
+    if "prefix" in tests:
+        res["prefix_sharing"] = prefix_sharing("qwen3-0.6b"); save()
+        print(json.dumps(res["prefix_sharing"]), flush=True)
+    print("\nshape            engine tok/s  HF tok/s  ratio  floor-fraction")
+    hf = {h["shape"]: h["tokens_per_s"] for h in res.get("hf_generate", [])}
+    for d in res.get("decode_batch1", []):
+        h = hf.get(d["shape"])
+        print(f"{d['shape']:<16} {d['decode_tokens_per_s']:>12} {h or '-':>9} {d['decode_tokens_per_s'] / h if h else 0:>6.1f}"
+              f"  {d['fraction_of_floor']:.2f}")
+    save()
+
+
+if __name__ == "__main__":
+    main()
