@@ -17,6 +17,15 @@ class LLM:
             return cls(f"random:{config}", dtype, device, **kwargs)
         return cls("random:custom", dtype, device, hf_config=config, **kwargs)
 
+    def close(self) -> None:
+        self.engine.close()
+
+    def __enter__(self) -> "LLM":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     @property
     def tokenizer(self):
         return self.engine.tokenizer

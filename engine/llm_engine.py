@@ -6,14 +6,15 @@ from collections import deque
 import torch
 
 from engine.block_manager import BlockManager
-from engine.config import EngineConfig
+from engine.config import EngineConfig, ModelConfig
 from engine.detokenizer import IncrementalDetokenizer
-from engine.model_loader import load_model
+from engine.model_loader import load_model, read_model_config
 from engine.model_runner import ModelRunner
 from engine.outputs import EngineStats, RequestOutput
 from engine.sampling_params import SamplingParams
 from engine.scheduler import Scheduler
 from engine.sequence import RequestMetrics, Sequence
+from engine.tp_workers import TPGroup, TPLaunch, check_divisible, free_port, init_rank
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
           "float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
@@ -44,14 +45,18 @@ class LLMEngine:
         self.dtype = resolve_dtype(dtype, self.device)
         torch.manual_seed(self.config.seed)
         started = time.perf_counter()
+        self.tp_group: TPGroup | None = None
+        launch = TPLaunch(model, str(self.dtype).removeprefix("torch."), self.device.type,
+                          self.config.tensor_parallel_size, 0, kwargs, hf_config, tokenizer)
+        if launch.world_size > 1:
+            self._start_workers(launch)
         loaded = load_model(model, self.dtype, self.device, self.config.seed, hf_config, tokenizer)
         self.model_config = loaded.config
         self.tokenizer = loaded.tokenizer
         self.source = loaded.source
         self.quantization = loaded.quantization
         self.weights_bytes = sum(p.numel() * p.element_size() for p in loaded.model.parameters())
-        limit = self.config.max_model_len or self.model_config.max_position_embeddings
-        self.max_model_len = min(limit, self.model_config.max_position_embeddings)
+        self.max_model_len = max_model_len(self.config, self.model_config)
         self.runner = ModelRunner(self.config, self.model_config, loaded.model, self.device, self.dtype,
                                   self.max_model_len)
         self.block_manager = BlockManager(self.runner.num_blocks, self.config.block_size,
@@ -68,6 +73,21 @@ class LLMEngine:
         self.generation_tokens_total = 0
         self.peak_blocks = 0
         self.utilization_at_peak = 0.0
+
+    def _start_workers(self, launch: TPLaunch) -> None:
+        cfg = read_model_config(launch.model, launch.hf_config)
+        check_divisible(cfg.num_attention_heads, cfg.num_key_value_heads, launch.world_size)
+        if self.device.type == "cuda" and torch.cuda.device_count() < launch.world_size:
+            raise ValueError(f"tensor_parallel_size {launch.world_size} needs as many GPUs; "
+                             f"{torch.cuda.device_count()} visible")
+        launch.port = free_port()
+        self.tp_group = TPGroup(launch)
+        self.device = init_rank(0, launch)
+
+    def close(self) -> None:
+        if self.tp_group is not None:
+            self.tp_group.shutdown()
+            self.tp_group = None
 
     @property
     def kv_capacity_tokens(self) -> int:
@@ -143,6 +163,8 @@ class LLMEngine:
         for seq in batch.seqs:
             if seq.metrics.first_scheduled_time is None:
                 seq.metrics.first_scheduled_time = now
+        if self.tp_group is not None:
+            self.tp_group.check()
         sampled = self.runner.execute(batch, self.eos_token_ids)
         now = time.time()
         for seq, n, token in zip(batch.seqs, batch.num_new_tokens, sampled):
@@ -225,3 +247,16 @@ class LLMEngine:
             generation_tokens_total=self.generation_tokens_total, peak_kv_blocks_used=self.peak_blocks,
             kv_utilization_at_peak=self.utilization_at_peak,
         )
+
+
+def max_model_len(config: EngineConfig, model_config: "ModelConfig") -> int:
+    limit = config.max_model_len or model_config.max_position_embeddings
+    return min(limit, model_config.max_position_embeddings)
+
+
+def build_runner(launch: TPLaunch, device: torch.device) -> ModelRunner:
+    """A tensor-parallel worker's share of the model and its KV pool."""
+    config = EngineConfig(model=launch.model, dtype=launch.dtype, device=device.type, **launch.engine_kwargs)
+    dtype = resolve_dtype(launch.dtype, device)
+    loaded = load_model(launch.model, dtype, device, config.seed, launch.hf_config, launch.tokenizer)
+    return ModelRunner(config, loaded.config, loaded.model, device, dtype, max_model_len(config, loaded.config))

@@ -61,3 +61,14 @@ def _tokenizer_at(path: str, config: ModelConfig) -> TextTokenizer | None:
     if os.path.exists(os.path.join(path, "tokenizer.json")):
         return from_hf_dir(path, config.eos_token_ids)
     return None
+
+
+def read_model_config(model: str, hf_config: dict | None = None) -> ModelConfig:
+    if hf_config is not None:
+        return ModelConfig.from_hf(hf_config)
+    if model.startswith("random:"):
+        return ModelConfig.from_hf(bundled_config(model.split(":", 1)[1]))
+    path = resolve_model_path(model)
+    if os.path.isfile(path):
+        return GGUFFile(path).config()
+    return ModelConfig.from_hf(read_hf_config(path))

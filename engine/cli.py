@@ -1,0 +1,59 @@
+"""The `engine` command: `engine serve MODEL` starts the OpenAI-compatible server, as `vllm serve` does."""
+from typing import Annotated
+
+import typer
+
+app = typer.Typer(name="engine", help="The pagebench paged-attention inference engine.", no_args_is_help=True,
+                  add_completion=False)
+
+
+@app.callback()
+def main() -> None:
+    """The pagebench paged-attention inference engine."""
+
+
+@app.command()
+def serve(
+    model: Annotated[str, typer.Argument(help="an HF directory, a GGUF file, `demo`, or `random:<bundled config>`")],
+    host: Annotated[str, typer.Option(help="address to bind")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535)] = 8000,
+    api_key: Annotated[str | None, typer.Option(envvar="PAGEBENCH_API_KEY",
+                                                help="require Authorization: Bearer KEY on /v1/*")] = None,
+    dtype: Annotated[str, typer.Option(help="auto, float32, float16 or bfloat16")] = "auto",
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N")] = "auto",
+    max_num_seqs: Annotated[int, typer.Option(min=1, help="most requests in one batch")] = 256,
+    max_num_batched_tokens: Annotated[int, typer.Option(min=1, help="most tokens in one step")] = 4096,
+    max_waiting: Annotated[int, typer.Option(min=0, help="more waiting requests than this get 503")] = 1024,
+    kv_cache_fraction: Annotated[float, typer.Option(help="share of GPU memory for weights, activations and KV")] = 0.9,
+    kv_cache_tokens: Annotated[int | None, typer.Option(help="size the KV cache in tokens instead")] = None,
+    block_size: Annotated[int, typer.Option(help="tokens per KV block (a power of two)")] = 16,
+    max_model_len: Annotated[int | None, typer.Option(min=2, help="cap the context length")] = None,
+    served_model_name: Annotated[list[str] | None, typer.Option(help="name(s) clients use; default: MODEL")] = None,
+    no_prefix_caching: Annotated[bool, typer.Option("--no-prefix-caching", help="disable prefix caching")] = False,
+    tensor_parallel_size: Annotated[int, typer.Option(min=1)] = 1,
+    tokenizer: Annotated[str | None, typer.Option(help="tokenizer (HF directory or GGUF) for random: models")] = None,
+    seed: Annotated[int, typer.Option(help="seed for random weights and unseeded sampling")] = 0,
+    log_level: Annotated[str, typer.Option(help="debug, info, warning or error")] = "info",
+    access_log: Annotated[bool, typer.Option(help="log one line per HTTP request")] = True,
+) -> None:
+    """Serve MODEL over an OpenAI-compatible HTTP API (/v1/completions, /v1/chat/completions)."""
+    if tensor_parallel_size != 1:
+        raise typer.BadParameter("tensor parallelism is not wired into `engine serve` yet; use 1",
+                                 param_hint="--tensor-parallel-size")
+    from engine.server.serve import ServeArgs, serve as run
+
+    engine_kwargs = dict(dtype=dtype, device=device, block_size=block_size, max_num_seqs=max_num_seqs,
+                         max_num_batched_tokens=max_num_batched_tokens, kv_cache_fraction=kv_cache_fraction,
+                         kv_cache_tokens=kv_cache_tokens, max_model_len=max_model_len,
+                         enable_prefix_caching=not no_prefix_caching, seed=seed)
+    args = ServeArgs(model, host, port, api_key, list(served_model_name or []), max_waiting, tokenizer,
+                     log_level.lower(), access_log, engine_kwargs)
+    try:
+        run(args)
+    except (ValueError, FileNotFoundError) as e:
+        typer.secho(f"engine serve: {e}", err=True, fg=typer.colors.RED)
+        raise typer.Exit(2) from None
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,124 @@
+"""Tensor parallelism: one worker process per extra rank; rank 0, in the engine's process, schedules and broadcasts.
+
+torch.distributed does the work: NCCL between GPUs, gloo on the CPU.
+"""
+import atexit
+import multiprocessing as mp
+import os
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+# Multicast over NVLink can take a shared host's GPUs out of service; never let NCCL use it.
+SAFE_ENV = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
+
+
+@dataclass(slots=True)
+class TPLaunch:
+    model: str
+    dtype: str
+    device_type: str
+    world_size: int
+    port: int
+    engine_kwargs: dict = field(default_factory=dict)
+    hf_config: dict | None = None
+    tokenizer: str | None = None
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def check_divisible(num_heads: int, num_kv_heads: int, world_size: int) -> None:
+    if num_heads % world_size:
+        raise ValueError(f"tensor_parallel_size {world_size} does not divide num_attention_heads {num_heads}")
+    if num_kv_heads % world_size and world_size % num_kv_heads:
+        raise ValueError(f"tensor_parallel_size {world_size} and num_key_value_heads {num_kv_heads}: "
+                         f"one must divide the other")
+
+
+def init_rank(rank: int, launch: TPLaunch) -> torch.device:
+    os.environ.update(SAFE_ENV)
+    if launch.device_type == "cuda":
+        torch.cuda.set_device(rank)
+        device, backend = torch.device("cuda", rank), "nccl"
+    else:
+        device, backend = torch.device("cpu"), "gloo"
+    dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{launch.port}", rank=rank,
+                            world_size=launch.world_size, timeout=timedelta(minutes=10))
+    return device
+
+
+def worker_main(rank: int, launch: TPLaunch) -> None:
+    from engine.llm_engine import build_runner
+
+    device = init_rank(rank, launch)
+    runner = build_runner(launch, device)
+    while True:
+        box: list = [None]
+        dist.broadcast_object_list(box, src=0)
+        if box[0] is None:
+            break
+        with torch.inference_mode():
+            runner.forward(box[0])
+    dist.destroy_process_group()
+
+
+class TPGroup:
+    def __init__(self, launch: TPLaunch) -> None:
+        ctx = mp.get_context("spawn")
+        env_backup = {k: os.environ.get(k) for k in SAFE_ENV}
+        os.environ.update(SAFE_ENV)
+        self.procs = [ctx.Process(target=worker_main, args=(r, launch), daemon=True, name=f"tp-rank-{r}")
+                      for r in range(1, launch.world_size)]
+        for p in self.procs:
+            p.start()
+        for k, v in env_backup.items():
+            if v is None:
+                os.environ.pop(k, None)
+        self.failure: str | None = None
+        self.closed = False
+        threading.Thread(target=self._watch, daemon=True, name="tp-watch").start()
+        atexit.register(self.shutdown)
+
+    def _watch(self) -> None:
+        while not self.closed:
+            for p in self.procs:
+                if not p.is_alive() and not self.closed:
+                    self.failure = f"tensor-parallel worker {p.name} exited with code {p.exitcode}"
+                    self._kill()
+                    return
+            time.sleep(0.5)
+
+    def check(self) -> None:
+        if self.failure:
+            raise RuntimeError(self.failure)
+
+    def _kill(self) -> None:
+        for p in self.procs:
+            if p.is_alive():
+                p.kill()
+        for p in self.procs:
+            p.join(timeout=5)
+
+    def shutdown(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        if self.failure is None and dist.is_initialized():
+            try:
+                dist.broadcast_object_list([None], src=0)
+            except Exception:
+                pass
+        for p in self.procs:
+            p.join(timeout=10)
+        self._kill()
+        if dist.is_initialized():
+            dist.destroy_process_group()
