@@ -131,6 +131,43 @@ def prefix_sharing(shape: str, n: int = 64, system_len: int = 2000, suffix: int 
     return result
 
 
+def profile(shape: str, batch: int, context: int, steps: int = 30) -> dict:
+    """Where a decode step's time goes: host time per step against GPU kernel time, and the top kernels."""
+    from torch.profiler import ProfilerActivity, profile as torch_profile
+
+    llm = LLM.from_config(shape, dtype="bfloat16", device="cuda", max_num_seqs=max(batch, 8), max_model_len=4096,
+                          kv_cache_fraction=0.9)
+    e = llm.engine
+    rng = random.Random(2)
+    for _ in range(batch):
+        e.add_request(None, rand_prompt(rng, context, e.model_config.vocab_size),
+                      SamplingParams(temperature=0.0, max_tokens=steps + 40, ignore_eos=True))
+    while any(s.num_computed_tokens < s.num_prompt_tokens for s in e.scheduler.running) or e.scheduler.waiting or e.pending:
+        e.step()
+    for _ in range(5):
+        e.step()
+    torch.cuda.synchronize()
+    t = time.perf_counter()
+    with torch_profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        for _ in range(steps):
+            e.step()
+        torch.cuda.synchronize()
+    wall = (time.perf_counter() - t) / steps
+    events = [ev for ev in prof.key_averages() if ev.device_type.name == "CUDA"]
+    gpu_total = sum(ev.self_device_time_total for ev in events) / steps / 1e3
+    top = sorted(events, key=lambda ev: ev.self_device_time_total, reverse=True)[:12]
+    result = {"shape": shape, "batch": batch, "context": context, "ms_per_step_profiled": round(wall * 1e3, 3),
+              "gpu_kernel_ms_per_step": round(gpu_total, 3),
+              "top_kernels": [{"name": ev.key[:90], "ms_per_step": round(ev.self_device_time_total / steps / 1e3, 4),
+                               "calls_per_step": ev.count // steps} for ev in top]}
+    for abort in list(e.seqs):
+        e.abort_request(abort)
+    e.step()
+    del llm, e
+    free()
+    return result
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="gpu_bench.json")
@@ -160,6 +197,12 @@ def main() -> None:
     if "throughput" in tests:
         res["offline_throughput"] = offline_throughput("qwen3-0.6b"); save()
         print(json.dumps(res["offline_throughput"]), flush=True)
+    if "profile" in tests:
+        res["profile"] = [profile(s, b, c) for s, b, c in (("qwen3-0.6b", 1, 128), ("qwen3-0.6b", 256, 800),
+                                                           ("qwen2.5-7b", 1, 128))]
+        save()
+        for p in res["profile"]:
+            print(json.dumps(p, indent=1), flush=True)
     if "prefix" in tests:
         res["prefix_sharing"] = prefix_sharing("qwen3-0.6b"); save()
         print(json.dumps(res["prefix_sharing"]), flush=True)

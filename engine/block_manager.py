@@ -101,16 +101,21 @@ class BlockManager:
         block.ref_count = 1
         return block_id
 
+    def full_block_hashes(self, seq: Sequence, num_tokens: int) -> list[bytes]:
+        """Names of seq's full blocks among its first num_tokens tokens, computed once and kept on seq."""
+        full = min(num_tokens, seq.num_tokens) // self.block_size
+        parent = seq.block_hashes[-1] if seq.block_hashes else ROOT_HASH
+        for i in range(len(seq.block_hashes), full):
+            parent = block_hash(parent, seq.token_ids[i * self.block_size : (i + 1) * self.block_size])
+            seq.block_hashes.append(parent)
+        return seq.block_hashes[:full]
+
     def cache_full_blocks(self, seq: Sequence) -> None:
         """Names the blocks that this step filled, so later requests can share them."""
         if not self.enable_prefix_caching:
             return
         full = seq.num_computed_tokens // self.block_size
-        parent = seq.block_hashes[-1] if seq.block_hashes else ROOT_HASH
-        for i in range(len(seq.block_hashes), full):
-            tokens = tuple(seq.token_ids[i * self.block_size : (i + 1) * self.block_size])
-            parent = block_hash(parent, tokens)
-            seq.block_hashes.append(parent)
+        self.full_block_hashes(seq, seq.num_computed_tokens)
         for i in range(seq.num_named_blocks, full):
             block = self.blocks[seq.block_table[i]]
             if block.hash is None:

@@ -12,9 +12,10 @@ class DecodeGraphs:
         self.model = model
         self.max_seq_len = max_seq_len
         self.sizes = [b for b in (1, 2, 4, 8, *range(16, max_batch + 1, 16)) if b <= max_batch]
-        self.input_ids = torch.zeros(max_batch, dtype=torch.int64, device=device)
-        self.positions = torch.zeros(max_batch, dtype=torch.int64, device=device)
-        self.slot_mapping = torch.full((max_batch,), -1, dtype=torch.int64, device=device)
+        # ids, positions and slots share one buffer so that a step's inputs cross to the GPU in three copies.
+        self.packed = torch.zeros(3, max_batch, dtype=torch.int64, device=device)
+        self.input_ids, self.positions, self.slot_mapping = self.packed
+        self.slot_mapping.fill_(-1)
         self.seq_lens = torch.zeros(max_batch, dtype=torch.int32, device=device)
         self.block_tables = torch.zeros(max_batch, max_blocks, dtype=torch.int32, device=device)
         self.query_start_loc = torch.arange(max_batch + 1, dtype=torch.int32, device=device)
@@ -37,20 +38,20 @@ class DecodeGraphs:
             self.graphs[size] = (graph, out)
         torch.cuda.synchronize()
 
-    def run(self, ids: torch.Tensor, pos: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor | None:
-        n = ids.size(0)
-        if meta.num_decode_tokens != n:
+    def size_for(self, num_tokens: int, num_decodes: int) -> int | None:
+        if num_decodes != num_tokens:
             return None
-        size = next((b for b in self.sizes if b >= n), None)
-        if size is None:
-            return None
-        self.input_ids[:n].copy_(ids)
-        self.positions[:n].copy_(pos)
-        self.slot_mapping[:n].copy_(meta.slot_mapping)
-        self.slot_mapping[n:size].fill_(-1)
-        self.seq_lens[:n].copy_(meta.seq_lens)
-        self.seq_lens[n:size].zero_()
-        self.block_tables[:n, : meta.block_tables.size(1)].copy_(meta.block_tables)
+        return next((b for b in self.sizes if b >= num_tokens), None)
+
+    def run(self, size: int, ids: list[int], positions: list[int], slots: list[int], seq_lens: list[int],
+            block_tables: list[list[int]]) -> torch.Tensor:
+        n = len(ids)
+        pad = size - n
+        host = torch.tensor([ids + [0] * pad, positions + [0] * pad, slots + [-1] * pad], dtype=torch.int64)
+        self.packed[:, :size].copy_(host.pin_memory(), non_blocking=True)
+        self.seq_lens[:size].copy_(torch.tensor(seq_lens + [0] * pad, dtype=torch.int32).pin_memory(), non_blocking=True)
+        tables = torch.tensor(block_tables, dtype=torch.int32)
+        self.block_tables[:n, : tables.size(1)].copy_(tables.pin_memory(), non_blocking=True)
         graph, out = self.graphs[size]
         graph.replay()
         return out[:n]

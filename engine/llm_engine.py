@@ -228,14 +228,16 @@ class LLMEngine:
             self.utilization_at_peak = self.kv_utilization()
 
     def kv_utilization(self) -> float:
-        """Tokens whose KV is held, over the slots of the blocks allocated to hold them."""
+        """Tokens whose KV is held, over the slots of the blocks allocated to hold them.
+
+        Full blocks are full, and only a sequence's own trailing block (never shared) has empty slots.
+        """
+        used = self.block_manager.num_used_blocks
+        if not used:
+            return 0.0
         bs = self.config.block_size
-        filled: dict[int, int] = {}
-        for seq in self.scheduler.running:
-            for i, b in enumerate(seq.block_table):
-                held = min(bs, max(0, seq.num_computed_tokens - i * bs))
-                filled[b] = max(filled.get(b, 0), held)
-        return sum(filled.values()) / (len(filled) * bs) if filled else 0.0
+        empty = sum(len(s.block_table) * bs - s.num_computed_tokens for s in self.scheduler.running)
+        return 1.0 - empty / (used * bs)
 
     def stats(self) -> EngineStats:
         bm = self.block_manager

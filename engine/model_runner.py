@@ -1,4 +1,5 @@
 """Owns the model and its KV pool; turns a scheduled batch into one forward pass and sampled tokens."""
+import itertools
 from dataclasses import dataclass
 
 import torch
@@ -52,6 +53,8 @@ class ModelRunner:
             layer.backend = self.backend
         self.kv_cache_bytes = self.num_blocks * self.block_size * self.kv_bytes_per_token
         self.graphs: DecodeGraphs | None = None
+        if device.type == "cuda":
+            self.warmup()
         if device.type == "cuda" and not config.enforce_eager:
             self.graphs = DecodeGraphs(model, min(config.max_num_seqs, MAX_GRAPH_BATCH),
                                        -(-max_model_len // self.block_size), max_model_len, device)
@@ -82,6 +85,24 @@ class ModelRunner:
         logits = self.config.max_num_seqs * c.vocab_size * 4 * 3
         return self.config.max_num_batched_tokens * per_token + logits + (1 << 30)
 
+    @torch.inference_mode()
+    def warmup(self) -> None:
+        """Compiles the kernel variants that prefill and mixed steps pick, so no request waits on the JIT.
+
+        Triton specializes on block-table width (1, a multiple of 16, other) and on query length (<= 64 or not).
+        Slots are -1: nothing is written to the cache.
+        """
+        for q_len, width in ((8, 1), (8, 16), (8, 17), (100, 16), (100, 17)):
+            for decodes in (0, 1):
+                lens = [1] * decodes + [q_len]
+                tokens = sum(lens)
+                self._eager(StepInputs(
+                    input_ids=[0] * tokens, positions=list(range(tokens)), slot_mapping=[-1] * tokens,
+                    block_tables=[[0] * width for _ in lens], seq_lens=lens,
+                    query_start_loc=[0, *itertools.accumulate(lens)], num_decodes=decodes, max_query_len=q_len,
+                    sample_rows=[]))
+        torch.cuda.synchronize()
+
     def prepare(self, batch: ScheduledBatch) -> StepInputs:
         bs = self.block_size
         step = StepInputs([], [], [], [], [], [0], batch.num_decodes, max(batch.num_new_tokens), [])
@@ -100,6 +121,19 @@ class ModelRunner:
         return step
 
     def forward(self, step: StepInputs) -> torch.Tensor | None:
+        size = self.graphs.size_for(len(step.input_ids), step.num_decodes) if self.graphs else None
+        if size is not None:
+            hidden = self.graphs.run(size, step.input_ids, step.positions, step.slot_mapping, step.seq_lens,
+                                     step.block_tables)
+        else:
+            hidden = self._eager(step)
+        if not step.sample_rows:
+            return None
+        if len(step.sample_rows) != hidden.size(0):
+            hidden = hidden[step.sample_rows]
+        return self.model.compute_logits(hidden)
+
+    def _eager(self, step: StepInputs) -> torch.Tensor:
         dev = self.device
         meta = AttentionMetadata(
             slot_mapping=_to(step.slot_mapping, torch.int64, dev),
@@ -111,14 +145,7 @@ class ModelRunner:
             max_query_len=step.max_query_len,
             max_seq_len=max(step.seq_lens),
         )
-        ids = _to(step.input_ids, torch.int64, dev)
-        pos = _to(step.positions, torch.int64, dev)
-        hidden = self.graphs.run(ids, pos, meta) if self.graphs else None
-        if hidden is None:
-            hidden = self.model(ids, pos, meta)
-        if not step.sample_rows:
-            return None
-        return self.model.compute_logits(hidden[step.sample_rows])
+        return self.model(_to(step.input_ids, torch.int64, dev), _to(step.positions, torch.int64, dev), meta)
 
     @torch.inference_mode()
     def execute(self, batch: ScheduledBatch, eos_token_ids: list[int]) -> list[int | None]:

@@ -43,11 +43,15 @@ class Sampler:
 
     @staticmethod
     def _mask_early_stops(logits: torch.Tensor, seqs: list[Sequence], eos_token_ids: list[int]) -> None:
+        rows: list[int] = []
+        cols: list[int] = []
         for i, s in enumerate(seqs):
             if s.num_output_tokens < s.params.min_tokens:
                 banned = s.params.stop_token_ids + ([] if s.params.ignore_eos else eos_token_ids)
-                if banned:
-                    logits[i, banned] = float("-inf")
+                rows.extend([i] * len(banned))
+                cols.extend(banned)
+        if rows:
+            logits[torch.tensor(rows), torch.tensor(cols)] = float("-inf")
 
 
 def _top_k_top_p(logits: torch.Tensor, top_ks: list[int], top_ps: list[float]) -> torch.Tensor:

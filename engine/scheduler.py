@@ -33,7 +33,10 @@ class Scheduler:
 
     def schedule(self) -> ScheduledBatch:
         budget = self.max_num_batched_tokens
+        bm = self.block_manager
         chosen: list[tuple[Sequence, int]] = []
+        # Blocks this step will fill: a waiting request that would recompute one waits a step and shares it instead.
+        inflight: set[bytes] = set()
         preempted = False
         i = 0
         while i < len(self.running) and budget > 0:
@@ -49,10 +52,14 @@ class Scheduler:
                 chosen.append((seq, n))
                 budget -= n
                 i += 1
+                if bm.enable_prefix_caching and n > 1:
+                    inflight.update(bm.full_block_hashes(seq, seq.num_computed_tokens + n)[seq.num_computed_tokens // bm.block_size:])
         while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs and not preempted:
             seq = self.waiting[0]
-            hits = self.block_manager.find_cached_prefix(seq)
-            num_cached = len(hits) * self.block_manager.block_size
+            hits = bm.find_cached_prefix(seq)
+            num_cached = len(hits) * bm.block_size
+            if inflight and len(hits) < len(seq.block_hashes) and seq.block_hashes[len(hits)] in inflight:
+                break
             n = min(seq.num_tokens - num_cached, budget)
             if not self.block_manager.allocate(seq, n, hits):
                 break
@@ -65,6 +72,8 @@ class Scheduler:
             self.running.append(seq)
             chosen.append((seq, n))
             budget -= n
+            if bm.enable_prefix_caching:
+                inflight.update(bm.full_block_hashes(seq, num_cached + n)[len(hits):])
         chosen.sort(key=lambda c: c[1] != 1)
         batch = ScheduledBatch([s for s, _ in chosen], [n for _, n in chosen])
         batch.num_decodes = sum(1 for n in batch.num_new_tokens if n == 1)
