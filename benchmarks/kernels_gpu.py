@@ -1,0 +1,282 @@
+"""Check every Triton kernel at full model size against its reference, then time it against the bandwidth floor.
+
+Runs on one CUDA GPU (about 2 to 3 minutes on an H100). Ceilings measured in the same run: device-to-device copy
+bandwidth (bytes read + written) and a bf16 matrix product. Each row gives the median time (triton do_bench, L2
+flushed before every run), the bytes the kernel must move over that time, and the eager torch / SDPA time where one
+exists. Prints a short table, writes everything to --out as JSON.
+
+    python benchmarks/kernels_gpu.py --out kernels.json [--no-sweep]
+"""
+import argparse
+import datetime
+import json
+import math
+import time
+
+import torch
+import torch.nn.functional as F
+import triton
+from triton.testing import do_bench
+
+from engine import attention as ref
+from engine import kernels as K
+from engine.kernels import decode_attention, extend_attention, norm, rotary_embedding, sampler
+
+SHAPES = {  # q heads, kv heads, head dim, hidden, intermediate
+    "qwen3-0.6b": (16, 8, 128, 1024, 3072),
+    "qwen2.5-7b": (28, 4, 128, 3584, 18944),
+    "qwen2.5-32b": (40, 8, 128, 5120, 27648),
+}
+DECODE_BATCHES, DECODE_CONTEXTS = (1, 8, 64), (1152, 2048)
+EXTEND_NEW, EXTEND_CACHED = 1024, (0, 2000)
+HELPER_TOKENS, VOCAB = (64, 1024), 151936
+DT = torch.bfloat16
+DEV = torch.device("cuda")
+
+
+def timed(fn) -> float:
+    return do_bench(fn, warmup=10, rep=40, return_mode="median") * 1e-3
+
+
+def rel_err(out: torch.Tensor, expected: torch.Tensor) -> float:
+    return ((out.double() - expected.double()).norm() / expected.double().norm()).item()
+
+
+def ceilings() -> dict:
+    src = torch.randn(2**28, device=DEV)
+    dst = torch.empty_like(src)
+    copy_s = timed(lambda: dst.copy_(src))
+    a, b = torch.randn(8192, 8192, device=DEV, dtype=DT), torch.randn(8192, 8192, device=DEV, dtype=DT)
+    mm_s = timed(lambda: a @ b)
+    return {"copy_GBps": 2 * src.nbytes / copy_s / 1e9, "matmul_TFLOPs": 2 * 8192**3 / mm_s / 1e12}
+
+
+def paged_pool(batch: int, seq_len: int, kv_heads: int, dim: int, block_size: int = 16):
+    per_seq = math.ceil(seq_len / block_size)
+    num_blocks = batch * per_seq + 7
+    k_cache = torch.randn(num_blocks, block_size, kv_heads, dim, device=DEV, dtype=DT)
+    v_cache = torch.randn_like(k_cache)
+    tables = torch.randperm(num_blocks, device=DEV)[: batch * per_seq].view(batch, per_seq).int()
+    return k_cache, v_cache, tables
+
+
+def row(kernel: str, shape: str, case: str, seconds: float, nbytes: float, ceil: dict, err: float,
+        baseline_s: float | None = None, flops: float | None = None, **extra) -> dict:
+    out = {"kernel": kernel, "shape": shape, "case": case, "us": seconds * 1e6, "GBps": nbytes / seconds / 1e9,
+           "pct_copy": 100 * nbytes / seconds / 1e9 / ceil["copy_GBps"], "rel_err": err,
+           "baseline_us": None if baseline_s is None else baseline_s * 1e6, **extra}
+    if flops:
+        out["TFLOPs"] = flops / seconds / 1e12
+        out["pct_matmul"] = 100 * out["TFLOPs"] / ceil["matmul_TFLOPs"]
+    return out
+
+
+def ragged_lens(batch: int, longest: int) -> torch.Tensor:
+    lens = torch.randint(min(100, longest // 2), longest + 1, (batch,), generator=torch.Generator().manual_seed(batch))
+    lens[0] = longest
+    return lens.to(device=DEV, dtype=torch.int32)
+
+
+def decode_case(shape: str, batch: int, ctx: int, ceil: dict, ragged: bool = False, kind: str = "decode",
+                variants: tuple = ({},)) -> list[dict]:
+    hq, hkv, d, _, _ = SHAPES[shape]
+    k_cache, v_cache, tables = paged_pool(batch, ctx, hkv, d)
+    lens = ragged_lens(batch, ctx) if ragged else torch.full((batch,), ctx, dtype=torch.int32, device=DEV)
+    q = torch.randn(batch, hq, d, device=DEV, dtype=DT)
+    args = (q, k_cache, v_cache, tables, lens, d**-0.5)
+    expected = ref.paged_decode(*args)
+    sdpa = None
+    if not ragged:
+        k = k_cache[tables.long()].reshape(batch, -1, hkv, d)[:, :ctx].transpose(1, 2).contiguous()
+        v = v_cache[tables.long()].reshape(batch, -1, hkv, d)[:, :ctx].transpose(1, 2).contiguous()
+        sdpa = timed(lambda: F.scaled_dot_product_attention(q.unsqueeze(2), k, v, scale=d**-0.5, enable_gqa=True))
+    nbytes = 2 * int(lens.sum()) * hkv * d * 2 + 2 * q.nbytes + tables.nbytes
+    case = f"B={batch} ctx={'U[100,' if ragged else ''}{ctx}{']' if ragged else ''}"
+    rows = []
+    for kw in variants:
+        config = kw.get("config") or decode_attention.decode_config(d)
+        splits = kw.get("num_splits") or decode_attention.choose_num_splits(batch, hkv, tables.size(1) * 16, DEV,
+                                                                            config["BLOCK_N"])
+        err = rel_err(K.paged_decode(*args, **kw), expected)
+        seconds = timed(lambda: K.paged_decode(*args, **kw))
+        rows.append(row(kind, shape, case, seconds, nbytes, ceil, err, sdpa, splits=splits, config=config))
+    return rows
+
+
+def decode_rows(ceil: dict) -> list[dict]:
+    rows = []
+    for shape in SHAPES:
+        for batch in DECODE_BATCHES:
+            for ctx in DECODE_CONTEXTS:
+                rows += decode_case(shape, batch, ctx, ceil)
+        rows += decode_case(shape, DECODE_BATCHES[-1], DECODE_CONTEXTS[-1], ceil, ragged=True)
+    return rows
+
+
+def extend_rows(ceil: dict, configs: tuple = (None,), shapes: list[str] | None = None) -> list[dict]:
+    rows = []
+    for shape in shapes or list(SHAPES):
+        hq, hkv, d, _, _ = SHAPES[shape]
+        for cached in EXTEND_CACHED:
+            total, new = cached + EXTEND_NEW, EXTEND_NEW
+            k_cache, v_cache, tables = paged_pool(1, total, hkv, d)
+            q = torch.randn(new, hq, d, device=DEV, dtype=DT)
+            starts = torch.tensor([0, new], dtype=torch.int32, device=DEV)
+            lens = torch.tensor([total], dtype=torch.int32, device=DEV)
+            args = (q, k_cache, v_cache, tables, starts, lens, new, d**-0.5)
+            expected = ref.paged_extend(*args)
+            baseline = None
+            if cached == 0:
+                k = k_cache[tables[0].long()].reshape(-1, hkv, d)[:total].transpose(0, 1).unsqueeze(0).contiguous()
+                v = v_cache[tables[0].long()].reshape(-1, hkv, d)[:total].transpose(0, 1).unsqueeze(0).contiguous()
+                qt = q.transpose(0, 1).unsqueeze(0).contiguous()
+                baseline = timed(lambda: F.scaled_dot_product_attention(qt, k, v, is_causal=True, scale=d**-0.5,
+                                                                        enable_gqa=True))
+            flops = 4 * d * hq * (new * cached + new * (new + 1) / 2)
+            nbytes = 2 * total * hkv * d * 2 + 2 * q.nbytes
+            for cfg in configs:
+                err = rel_err(K.paged_extend(*args, config=cfg), expected)
+                seconds = timed(lambda: K.paged_extend(*args, config=cfg))
+                cfg_used = {**extend_attention.extend_config(d, new), **(cfg or {})}
+                rows.append(row("extend", shape, f"new={new} cached={cached}", seconds, nbytes, ceil, err, baseline,
+                                flops, config=cfg_used))
+    return rows
+
+
+def helper_rows(ceil: dict) -> list[dict]:
+    rows = []
+    for shape, (hq, hkv, d, hidden, inter) in SHAPES.items():
+        for tokens in HELPER_TOKENS:
+            case = f"T={tokens}"
+            qkv = torch.randn(tokens, hq + 2 * hkv, d, device=DEV, dtype=DT)
+            q, k, v = qkv[:, :hq], qkv[:, hq:hq + hkv], qkv[:, hq + hkv:]
+            k_cache, v_cache, _ = paged_pool(1, 4 * tokens, hkv, d)
+            slots = torch.randperm(k_cache.size(0) * 16, device=DEV)[:tokens]
+            want = [c.clone() for c in (k_cache, v_cache)]
+            ref.store_kv(k, v, *want, slots)
+            K.store_kv(k, v, k_cache, v_cache, slots)
+            err = max(rel_err(k_cache, want[0]), rel_err(v_cache, want[1]))
+            rows.append(row("store_kv", shape, case, timed(lambda: K.store_kv(k, v, k_cache, v_cache, slots)),
+                            4 * tokens * hkv * d * 2, ceil, err,
+                            timed(lambda: ref.store_kv(k, v, k_cache, v_cache, slots))))
+
+            x, res = torch.randn(tokens, hidden, device=DEV, dtype=DT), torch.randn(tokens, hidden, device=DEV,
+                                                                                     dtype=DT)
+            w = torch.randn(hidden, device=DEV, dtype=DT)
+            got, want = K.rms_norm(x, w, 1e-6, res), norm._rms_norm_torch(x, w, 1e-6, res)
+            rows.append(row("rms_norm+add", shape, case, timed(lambda: K.rms_norm(x, w, 1e-6, res)),
+                            4 * x.nbytes + w.nbytes, ceil, max(rel_err(got[0], want[0]), rel_err(got[1], want[1])),
+                            timed(lambda: norm._rms_norm_torch(x, w, 1e-6, res))))
+
+            positions = torch.randint(0, 32768, (tokens,), device=DEV)
+            cache = torch.randn(32768, d, device=DEV)
+            got = K.rotary(positions, q, k, cache)
+            want = [rotary_embedding._rotary_torch(positions, t, cache) for t in (q, k)]
+            torch_rotary = lambda: [rotary_embedding._rotary_torch(positions, t, cache) for t in (q, k)]  # noqa: E731
+            rows.append(row("rotary", shape, case, timed(lambda: K.rotary(positions, q, k, cache)),
+                            2 * tokens * (hq + hkv) * d * 2 + tokens * d * 4, ceil,
+                            max(rel_err(got[0], want[0]), rel_err(got[1], want[1])), timed(torch_rotary)))
+
+            gate_up = torch.randn(tokens, 2 * inter, device=DEV, dtype=DT)
+            torch_silu = lambda: F.silu(gate_up[:, :inter]) * gate_up[:, inter:]  # noqa: E731
+            rows.append(row("silu_and_mul", shape, case, timed(lambda: K.silu_and_mul(gate_up)),
+                            1.5 * gate_up.nbytes, ceil, rel_err(K.silu_and_mul(gate_up), torch_silu()),
+                            timed(torch_silu)))
+    vocab = VOCAB
+    for batch in (1, 64):
+        logits = torch.randn(batch, vocab, device=DEV)
+        temps = torch.full((batch,), 0.7, device=DEV)
+        top_ks = torch.full((batch,), 50, device=DEV)
+        top_ps = torch.full((batch,), 0.9, device=DEV)
+        greedy_ok = torch.equal(K.sample(logits, temps * 0, top_ks, top_ps, all_greedy=True), logits.argmax(-1))
+        drawn = K.sample(logits, temps, top_ks, top_ps)
+        in_top_k = bool((logits.topk(50, -1).indices == drawn[:, None]).any(-1).all())
+        failed = 0.0 if greedy_ok and in_top_k else 1.0  # reported in the rel_err column: 1 fails the check
+
+        def torch_sampler(greedy: bool, filtered: bool) -> torch.Tensor:
+            thresholds = sampler.keep_thresholds(logits, temps, top_ks, top_ps) if filtered else None
+            return sampler._sample_torch(logits, temps, thresholds, None, greedy)
+
+        for mode, kwargs in (("greedy", {"all_greedy": True}), ("random", {"filtered": False}),
+                             ("top-k+top-p", {})):
+            seconds = timed(lambda: K.sample(logits, temps, top_ks, top_ps, **kwargs))
+            base = timed(lambda: torch_sampler(mode == "greedy", mode == "top-k+top-p"))
+            rows.append(row("sample", f"V={vocab}", f"B={batch} {mode}", seconds, logits.nbytes, ceil, failed,
+                            base))
+    return rows
+
+
+def decode_sweep(ceil: dict) -> list[dict]:
+    configs = [{"BLOCK_N": n, "num_warps": w, "num_stages": s} for n in (32, 64, 128) for s in (2, 3, 4)
+               for w in ((4, 8) if n == 128 else (4,))]
+    rows = []
+    for batch, ragged in [(b, False) for b in DECODE_BATCHES] + [(DECODE_BATCHES[-1], True)]:
+        hkv = SHAPES["qwen2.5-7b"][1]
+        default = decode_attention.choose_num_splits(batch, hkv, DECODE_CONTEXTS[-1], DEV, 64)
+        splits = sorted({1, 2, 4, 8, 16, 32, default // 2, default * 2} - {0, default})
+        variants = [{"config": c} for c in configs] + [{"num_splits": s} for s in splits]
+        rows += decode_case("qwen2.5-7b", batch, DECODE_CONTEXTS[-1], ceil, ragged, "decode-sweep", variants)
+    return rows
+
+
+def print_table(rows: list[dict]) -> None:
+    print(f"{'kernel':13s} {'shape':12s} {'case':24s} {'us':>9s} {'GB/s':>7s} {'%copy':>6s} {'TF/s':>6s} "
+          f"{'base us':>9s} {'rel err':>8s}")
+    for r in rows:
+        tf = f"{r['TFLOPs']:6.0f}" if "TFLOPs" in r else " " * 6
+        base = f"{r['baseline_us']:9.1f}" if r["baseline_us"] is not None else " " * 9
+        extra = f" splits={r['splits']}" if "splits" in r else ""
+        if r.get("config"):
+            extra += " " + ",".join(f"{k}={v}" for k, v in r["config"].items())
+        print(f"{r['kernel']:13s} {r['shape']:12s} {r['case']:24s} {r['us']:9.1f} {r['GBps']:7.0f} "
+              f"{r['pct_copy']:6.1f} {tf} {base} {r['rel_err']:8.1e}{extra}")
+
+
+def fastest(rows: list[dict]) -> list[dict]:
+    best: dict[tuple, dict] = {}
+    for r in rows:
+        key = (r["kernel"], r["shape"], r["case"])
+        if key not in best or r["us"] < best[key]["us"]:
+            best[key] = r
+    return list(best.values())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", required=True, help="JSON results path")
+    parser.add_argument("--no-sweep", action="store_true", help="skip the decode/extend config sweeps")
+    args = parser.parse_args()
+    if not torch.cuda.is_available():
+        raise SystemExit("kernels_gpu.py needs a CUDA GPU")
+    started = time.time()
+    torch.manual_seed(0)
+    ceil = ceilings()
+    print(f"{torch.cuda.get_device_name()}: copy {ceil['copy_GBps']:.0f} GB/s, bf16 matmul "
+          f"{ceil['matmul_TFLOPs']:.0f} TFLOP/s", flush=True)
+    rows = decode_rows(ceil) + extend_rows(ceil) + helper_rows(ceil)
+    sweep = []
+    if not args.no_sweep:
+        sweep = decode_sweep(ceil) + extend_rows(ceil, (
+            {"BLOCK_M": 64, "BLOCK_N": 64, "num_warps": 4, "num_stages": 3},
+            {"BLOCK_M": 128, "BLOCK_N": 128, "num_warps": 8, "num_stages": 2},
+            {"BLOCK_M": 128, "BLOCK_N": 32, "num_warps": 4, "num_stages": 4},
+            {"BLOCK_M": 128, "BLOCK_N": 64, "num_warps": 4, "num_stages": 3}), shapes=["qwen2.5-7b"])
+    bad = [r for r in rows + sweep if not r["rel_err"] <= 1e-2]
+    report = {"device": torch.cuda.get_device_name(), "sms": torch.cuda.get_device_properties(0).multi_processor_count,
+              "torch": torch.__version__, "triton": triton.__version__, "cuda": torch.version.cuda,
+              "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), **ceil,
+              "results": rows, "sweep": sweep, "failed_checks": len(bad), "wall_s": time.time() - started}
+    with open(args.out, "w") as f:
+        json.dump(report, f, indent=1)
+    print_table(rows)
+    if sweep:
+        print("sweep: fastest variant per case (all variants in the JSON)")
+        print_table(fastest(sweep))
+    print(f"copy {ceil['copy_GBps']:.0f} GB/s, matmul {ceil['matmul_TFLOPs']:.0f} TFLOP/s, "
+          f"{len(bad)} failed checks, {report['wall_s']:.0f} s")
+    if bad:
+        raise SystemExit(f"{len(bad)} kernels disagree with their reference (rel err > 1e-2)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,12 @@
+"""Triton kernels for the CUDA path; the fused helpers fall back to torch ops on CPU tensors."""
+from engine.kernels.activation import silu_and_mul
+from engine.kernels.backend import TritonAttentionBackend
+from engine.kernels.decode_attention import paged_decode
+from engine.kernels.extend_attention import paged_extend
+from engine.kernels.norm import rms_norm
+from engine.kernels.rotary_embedding import rotary
+from engine.kernels.sampler import sample
+from engine.kernels.kv_cache import store_kv
+
+__all__ = ["TritonAttentionBackend", "paged_decode", "paged_extend", "rms_norm", "rotary", "sample", "silu_and_mul",
+           "store_kv"]

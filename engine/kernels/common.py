@@ -1,0 +1,49 @@
+"""What every kernel module needs: interpreter detection, device facts, the Triton-or-torch choice."""
+import functools
+
+import torch
+import triton
+
+INTERPRET: bool = bool(triton.knobs.runtime.interpret)
+
+
+def use_triton(x: torch.Tensor) -> bool:
+    return x.is_cuda or INTERPRET
+
+
+@functools.cache
+def num_sms(device: torch.device) -> int:
+    if device.type != "cuda":
+        return 4
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def dot_flags(dtype: torch.dtype) -> tuple[bool, str]:
+    # The interpreter multiplies bf16 dot operands as raw uint16 bits (triton 3.x create_dot), so it gets fp32 operands.
+    upcast = INTERPRET
+    precision = "ieee" if dtype == torch.float32 else "tf32"
+    return upcast, precision
+
+
+def check_out(out: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
+    if out is None:
+        return torch.empty(like.shape, dtype=like.dtype, device=like.device)
+    if out.shape != like.shape or out.dtype != like.dtype or out.stride(-1) != 1:
+        raise ValueError(f"out must be {tuple(like.shape)} {like.dtype} with a contiguous last dim, "
+                         f"got {tuple(out.shape)} {out.dtype} strides {out.stride()}")
+    return out
+
+
+def check_cache(k_cache: torch.Tensor, v_cache: torch.Tensor, num_heads: int, head_dim: int,
+                block_tables: torch.Tensor | None = None) -> None:
+    """Caches are [num_blocks, block_size, num_kv_heads, head_dim], contiguous; num_heads must group over KV heads."""
+    contiguous = k_cache.is_contiguous() and v_cache.is_contiguous()
+    if k_cache.shape != v_cache.shape or k_cache.dim() != 4 or not contiguous:
+        raise ValueError(f"k_cache {tuple(k_cache.shape)} and v_cache {tuple(v_cache.shape)} must be equal-shaped "
+                         "contiguous [num_blocks, block_size, num_kv_heads, head_dim] tensors")
+    if k_cache.size(3) != head_dim or num_heads % k_cache.size(2):
+        raise ValueError(f"{num_heads} heads of dim {head_dim} do not fit a cache of {k_cache.size(2)} KV heads "
+                         f"of dim {k_cache.size(3)}")
+    if block_tables is not None and (block_tables.dtype != torch.int32 or block_tables.stride(-1) != 1):
+        raise ValueError(f"block_tables must be int32 with contiguous rows, got {block_tables.dtype} "
+                         f"strides {block_tables.stride()}")

@@ -1,0 +1,137 @@
+"""Paged extend attention: flash-attention forward for new tokens over a cached prefix plus themselves.
+
+Query token i of sequence s sits at position seq_lens[s] - qlen_s + i and sees keys 0..that position; prefix-cache
+hits and chunked prefill are the same case. Grid (query head, query tile, sequence); the key loop runs unmasked over
+keys every row of the tile sees, then masked over the causal diagonal.
+"""
+import torch
+import triton
+import triton.language as tl
+
+from engine.kernels.common import INTERPRET, check_cache, check_out, dot_flags
+
+LOG2E = 1.4426950408889634
+
+
+@triton.jit
+def _attend_tile(acc, m_i, l_i, q, k_cache_ptr, v_cache_ptr, table, q_pos, kv_head, lo, hi, seq_len, qk_scale,
+                 offs_n, offs_d, NUM_KV_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_SIZE: tl.constexpr,
+                 BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr, UPCAST: tl.constexpr,
+                 PRECISION: tl.constexpr):
+    TOKEN_STRIDE: tl.constexpr = NUM_KV_HEADS * HEAD_DIM
+    for n0 in range(lo, hi, BLOCK_N):
+        keys = n0 + offs_n
+        if MASKED:
+            n_mask = keys < seq_len
+            blocks = tl.load(table + keys // BLOCK_SIZE, mask=n_mask, other=0).to(tl.int64)
+        else:
+            blocks = tl.load(table + keys // BLOCK_SIZE).to(tl.int64)
+        rows = (blocks * BLOCK_SIZE + keys % BLOCK_SIZE) * TOKEN_STRIDE + kv_head * HEAD_DIM
+        kv_ptrs = rows[:, None] + offs_d[None, :]
+        if MASKED:
+            if BLOCK_D == HEAD_DIM:
+                kv_mask = n_mask[:, None]
+            else:
+                kv_mask = n_mask[:, None] & (offs_d[None, :] < HEAD_DIM)
+            k = tl.load(k_cache_ptr + kv_ptrs, mask=kv_mask, other=0.0)
+            v = tl.load(v_cache_ptr + kv_ptrs, mask=kv_mask, other=0.0)
+        elif BLOCK_D == HEAD_DIM:
+            k = tl.load(k_cache_ptr + kv_ptrs)
+            v = tl.load(v_cache_ptr + kv_ptrs)
+        else:
+            k = tl.load(k_cache_ptr + kv_ptrs, mask=offs_d[None, :] < HEAD_DIM, other=0.0)
+            v = tl.load(v_cache_ptr + kv_ptrs, mask=offs_d[None, :] < HEAD_DIM, other=0.0)
+        if UPCAST:
+            k = k.to(tl.float32)
+        s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale
+        if MASKED:
+            s = tl.where((keys[None, :] <= q_pos[:, None]) & n_mask[None, :], s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        alpha = tl.exp2(m_i - m_new)
+        p = tl.exp2(s - m_new[:, None])
+        l_i = l_i * alpha + tl.sum(p, 1)
+        p = p.to(v_cache_ptr.dtype.element_ty)
+        if UPCAST:
+            p = p.to(tl.float32)
+            v = v.to(tl.float32)
+        acc = acc * alpha[:, None] + tl.dot(p, v, input_precision=PRECISION)
+        m_i = m_new
+    return acc, m_i, l_i
+
+
+@triton.jit
+def _extend_kernel(q_ptr, k_cache_ptr, v_cache_ptr, out_ptr, block_tables_ptr, query_start_loc_ptr, seq_lens_ptr,
+                   qk_scale, stride_qt, stride_qh, stride_ot, stride_oh, stride_bt, NUM_HEADS: tl.constexpr,
+                   NUM_KV_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_SIZE: tl.constexpr,
+                   BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, UPCAST: tl.constexpr,
+                   PRECISION: tl.constexpr):
+    head = tl.program_id(0)
+    tile = tl.num_programs(1) - 1 - tl.program_id(1)
+    seq = tl.program_id(2)
+    q_start = tl.load(query_start_loc_ptr + seq)
+    q_len = tl.load(query_start_loc_ptr + seq + 1) - q_start
+    if tile * BLOCK_M >= q_len:
+        return
+    seq_len = tl.load(seq_lens_ptr + seq)
+    prefix = seq_len - q_len
+    kv_head = head // (NUM_HEADS // NUM_KV_HEADS)
+
+    offs_m = tile * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    offs_n = tl.arange(0, BLOCK_N)
+    m_mask = offs_m < q_len
+    d_mask = offs_d < HEAD_DIM
+    tokens = (q_start + offs_m).to(tl.int64)
+    q = tl.load(q_ptr + tokens[:, None] * stride_qt + head * stride_qh + offs_d[None, :],
+                mask=m_mask[:, None] & d_mask[None, :], other=0.0)
+    if UPCAST:
+        q = q.to(tl.float32)
+    q_pos = prefix + offs_m
+
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    table = block_tables_ptr + seq.to(tl.int64) * stride_bt
+    visible_to_all = (prefix + tile * BLOCK_M) // BLOCK_N * BLOCK_N
+    causal_end = tl.minimum(seq_len, prefix + (tile + 1) * BLOCK_M)
+    acc, m_i, l_i = _attend_tile(acc, m_i, l_i, q, k_cache_ptr, v_cache_ptr, table, q_pos, kv_head, 0,
+                                 visible_to_all, seq_len, qk_scale, offs_n, offs_d, NUM_KV_HEADS, HEAD_DIM,
+                                 BLOCK_SIZE, BLOCK_D, BLOCK_N, False, UPCAST, PRECISION)
+    acc, m_i, l_i = _attend_tile(acc, m_i, l_i, q, k_cache_ptr, v_cache_ptr, table, q_pos, kv_head, visible_to_all,
+                                 causal_end, seq_len, qk_scale, offs_n, offs_d, NUM_KV_HEADS, HEAD_DIM, BLOCK_SIZE,
+                                 BLOCK_D, BLOCK_N, True, UPCAST, PRECISION)
+    acc = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]
+    tl.store(out_ptr + tokens[:, None] * stride_ot + head * stride_oh + offs_d[None, :],
+             acc.to(out_ptr.dtype.element_ty), mask=m_mask[:, None] & d_mask[None, :])
+
+
+def extend_config(head_dim: int, max_query_len: int, dtype: torch.dtype = torch.bfloat16) -> dict:
+    if INTERPRET:
+        return {"BLOCK_M": 16, "BLOCK_N": 16, "num_warps": 4, "num_stages": 1}
+    if dtype == torch.float32 or head_dim > 128:
+        return {"BLOCK_M": 64, "BLOCK_N": 32, "num_warps": 4, "num_stages": 2}
+    block_m = 64 if max_query_len <= 64 else 128
+    return {"BLOCK_M": block_m, "BLOCK_N": 64, "num_warps": 8 if block_m == 128 else 4, "num_stages": 3}
+
+
+def paged_extend(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, block_tables: torch.Tensor,
+                 query_start_loc: torch.Tensor, seq_lens: torch.Tensor, max_query_len: int, scale: float,
+                 *, out: torch.Tensor | None = None, config: dict | None = None) -> torch.Tensor:
+    num_tokens, num_heads, head_dim = q.shape
+    _, block_size, num_kv_heads, _ = k_cache.shape
+    check_cache(k_cache, v_cache, num_heads, head_dim, block_tables)
+    if q.stride(-1) != 1:
+        q = q.contiguous()
+    out = check_out(out, q)
+    num_seqs = seq_lens.size(0)
+    if num_tokens == 0 or num_seqs == 0 or max_query_len <= 0:
+        return out
+    cfg = {**extend_config(head_dim, max_query_len, q.dtype), **(config or {})}
+    upcast, precision = dot_flags(q.dtype)
+    grid = (num_heads, triton.cdiv(max_query_len, cfg["BLOCK_M"]), num_seqs)
+    _extend_kernel[grid](
+        q, k_cache, v_cache, out, block_tables, query_start_loc, seq_lens, scale * LOG2E, q.stride(0), q.stride(1),
+        out.stride(0), out.stride(1), block_tables.stride(0), NUM_HEADS=num_heads, NUM_KV_HEADS=num_kv_heads,
+        HEAD_DIM=head_dim, BLOCK_SIZE=block_size, BLOCK_D=triton.next_power_of_2(head_dim), UPCAST=upcast,
+        PRECISION=precision, **cfg)
+    return out
