@@ -40,9 +40,9 @@ def rand_prompt(rng: random.Random, n: int, vocab: int) -> list[int]:
     return [rng.randrange(100, vocab - 100) for _ in range(n)]
 
 
-def decode_batch1(shape: str, bw: float, prompt_len: int = 128, new: int = 256) -> dict:
+def decode_batch1(shape: str, bw: float, prompt_len: int = 128, new: int = 256, tp: int = 1) -> dict:
     llm = LLM.from_config(shape, dtype="bfloat16", device="cuda", max_num_seqs=8, kv_cache_fraction=0.92,
-                          max_model_len=4096)
+                          max_model_len=4096, tensor_parallel_size=tp)
     e = llm.engine
     rng = random.Random(0)
     prompt = rand_prompt(rng, prompt_len, e.model_config.vocab_size)
@@ -55,10 +55,11 @@ def decode_batch1(shape: str, bw: float, prompt_len: int = 128, new: int = 256) 
     m = out.metrics
     decode_s = m.finish_time - m.first_token_time
     floor_ms = e.weights_bytes / bw * 1e3
-    result = {"shape": shape, "weights_gb": round(e.weights_bytes / 1e9, 2), "kv_cache_gb": round(e.runner.kv_cache_bytes / 1e9, 2),
+    result = {"shape": shape, "tensor_parallel_size": tp, "weights_gb_per_gpu": round(e.weights_bytes / 1e9, 2), "kv_cache_gb": round(e.runner.kv_cache_bytes / 1e9, 2),
               "tokens": new, "wall_tokens_per_s": round(new / wall, 1), "decode_tokens_per_s": round((new - 1) / decode_s, 1),
               "ms_per_step": round(decode_s / (new - 1) * 1e3, 3), "floor_ms_per_step": round(floor_ms, 3),
               "fraction_of_floor": round(floor_ms / (decode_s / (new - 1) * 1e3), 3), "graphs": bool(e.runner.graphs)}
+    llm.close()
     del llm, e
     free()
     return result
@@ -173,6 +174,7 @@ def main() -> None:
     ap.add_argument("--out", default="gpu_bench.json")
     ap.add_argument("--shapes", default="qwen3-0.6b,qwen2.5-7b,qwen2.5-32b")
     ap.add_argument("--tests", default="decode,hf,throughput,prefix")
+    ap.add_argument("--tp", type=int, default=1, help="tensor-parallel size for the decode test")
     args = ap.parse_args()
     shapes, tests = args.shapes.split(","), args.tests.split(",")
     props = torch.cuda.get_device_properties(0)
@@ -189,7 +191,7 @@ def main() -> None:
 
     for shape in shapes:
         if "decode" in tests:
-            r = res.setdefault("decode_batch1", []); r.append(decode_batch1(shape, bw)); save()
+            r = res.setdefault("decode_batch1", []); r.append(decode_batch1(shape, bw, tp=args.tp)); save()
             print(json.dumps(r[-1]), flush=True)
         if "hf" in tests:
             r = res.setdefault("hf_generate", []); r.append(hf_generate(shape)); save()

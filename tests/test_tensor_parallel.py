@@ -49,3 +49,22 @@ def test_dead_worker_is_a_clear_error_and_leaves_no_orphans(checkpoint):
         llm.generate(prompts, PARAMS)
     llm.close()
     assert not worker.is_alive()
+
+
+@pytest.mark.gpu
+def test_tp2_matches_tp1_on_two_gpus(tmp_path):
+    torch = pytest.importorskip("torch")
+    if torch.cuda.device_count() < 2:
+        pytest.skip("needs two NVIDIA GPUs")
+    import transformers
+
+    from tests.test_engine_gpu import SMALL
+
+    torch.manual_seed(0)
+    transformers.Qwen2ForCausalLM(transformers.Qwen2Config(**SMALL)).save_pretrained(tmp_path)
+    rng = random.Random(5)
+    prompts = [[rng.randrange(3, 2048) for _ in range(n)] for n in (7, 40, 200)]
+    single = LLM(str(tmp_path), dtype="float32", device="cuda", kv_cache_tokens=8192).generate(prompts, PARAMS)
+    with LLM(str(tmp_path), dtype="float32", device="cuda", kv_cache_tokens=8192, tensor_parallel_size=2) as llm:
+        double = llm.generate(prompts, PARAMS)
+    assert [o.token_ids for o in double] == [o.token_ids for o in single]
