@@ -54,8 +54,8 @@ def decode_batch1(shape: str, bw: float, prompt_len: int = 128, new: int = 256, 
     wall = time.perf_counter() - t
     m = out.metrics
     decode_s = m.finish_time - m.first_token_time
-    floor_ms = e.weights_bytes / bw * 1e3
-    result = {"shape": shape, "tensor_parallel_size": tp, "weights_gb_per_gpu": round(e.weights_bytes / 1e9, 2), "kv_cache_gb": round(e.runner.kv_cache_bytes / 1e9, 2),
+    floor_ms = e.weights_bytes_per_rank / bw * 1e3
+    result = {"shape": shape, "tensor_parallel_size": tp, "weights_gb_per_gpu": round(e.weights_bytes_per_rank / 1e9, 2), "kv_cache_gb": round(e.runner.kv_cache_bytes / 1e9, 2),
               "tokens": new, "wall_tokens_per_s": round(new / wall, 1), "decode_tokens_per_s": round((new - 1) / decode_s, 1),
               "ms_per_step": round(decode_s / (new - 1) * 1e3, 3), "floor_ms_per_step": round(floor_ms, 3),
               "fraction_of_floor": round(floor_ms / (decode_s / (new - 1) * 1e3), 3), "graphs": bool(e.runner.graphs)}
@@ -176,6 +176,10 @@ def main() -> None:
     ap.add_argument("--tests", default="decode,hf,throughput,prefix")
     ap.add_argument("--tp", type=int, default=1, help="tensor-parallel size for the decode test")
     args = ap.parse_args()
+    if os.environ.get("PAGEBENCH_HANG_DUMP_S"):
+        import faulthandler
+
+        faulthandler.dump_traceback_later(float(os.environ["PAGEBENCH_HANG_DUMP_S"]), exit=False)
     shapes, tests = args.shapes.split(","), args.tests.split(",")
     props = torch.cuda.get_device_properties(0)
     res: dict = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "gpu": props.name,

@@ -14,8 +14,8 @@ class IncrementalDetokenizer:
         self.text = ""
         self.emitted = 0
 
-    def add(self, token_id: int) -> str | None:
-        """Appends a token; returns the stop string it completed, if any."""
+    def add(self, token_id: int, check_stop: bool = True) -> str | None:
+        """Appends a token; returns the stop string it completed, if any (and if check_stop)."""
         self.token_ids.append(token_id)
         decode = self.tokenizer.decode
         prefix = decode(self.token_ids[self.prefix_offset : self.read_offset], self.skip_special_tokens)
@@ -25,6 +25,8 @@ class IncrementalDetokenizer:
         start = max(0, len(self.text) - self.hold)
         self.text += full[len(prefix) :]
         self.prefix_offset, self.read_offset = self.read_offset, len(self.token_ids)
+        if not check_stop:
+            return None
         found = [(i, s) for s in self.stop if (i := self.text.find(s, start)) != -1]
         if not found:
             return None

@@ -55,7 +55,8 @@ class LLMEngine:
         self.tokenizer = loaded.tokenizer
         self.source = loaded.source
         self.quantization = loaded.quantization
-        self.weights_bytes = sum(p.numel() * p.element_size() for p in loaded.model.parameters())
+        self.weights_bytes_per_rank = sum(p.numel() * p.element_size() for p in loaded.model.parameters())
+        self.weights_bytes = self.weights_bytes_per_rank * self.config.tensor_parallel_size
         self.max_model_len = max_model_len(self.config, self.model_config)
         self.runner = ModelRunner(self.config, self.model_config, loaded.model, self.device, self.dtype,
                                   self.max_model_len)
@@ -111,6 +112,8 @@ class LLMEngine:
         vocab = self.model_config.vocab_size
         if any(not 0 <= t < vocab for t in prompt_ids):
             raise ValueError(f"prompt token ids must be in [0, {vocab})")
+        if any(not 0 <= t < vocab for t in params.stop_token_ids):
+            raise ValueError(f"stop_token_ids must be in [0, {vocab})")
         if n >= self.max_model_len:
             raise ValueError(f"prompt has {n} tokens; the model's context is {self.max_model_len} tokens "
                              f"and must leave room for at least one output token")
@@ -191,8 +194,9 @@ class LLMEngine:
     def _check_stop(self, seq: Sequence, token: int) -> str | None:
         p = seq.params
         detok = self.detokenizers[seq.request_id]
-        stop_str = detok.add(token) if detok else None
-        if seq.num_output_tokens >= p.min_tokens:
+        past_min = seq.num_output_tokens >= p.min_tokens
+        stop_str = detok.add(token, check_stop=past_min) if detok else None
+        if past_min:
             if not p.ignore_eos and token in self.eos_token_ids:
                 return "stop"
             if token in p.stop_token_ids:
@@ -242,7 +246,8 @@ class LLMEngine:
     def stats(self) -> EngineStats:
         bm = self.block_manager
         return EngineStats(
-            num_running=len(self.scheduler.running), num_waiting=len(self.scheduler.waiting) + len(self.pending),
+            num_running=len(self.scheduler.running),
+            num_waiting=len(self.scheduler.waiting) + sum(1 for op, _ in list(self.pending) if op == "add"),
             kv_blocks_total=bm.num_blocks, kv_blocks_used=bm.num_used_blocks, block_size=bm.block_size,
             prefix_cache_queries=bm.prefix_queries, prefix_cache_hits=bm.prefix_hits,
             num_preemptions=self.scheduler.num_preemptions, prompt_tokens_total=self.prompt_tokens_total,

@@ -59,6 +59,12 @@ def init_rank(rank: int, launch: TPLaunch) -> torch.device:
 def worker_main(rank: int, launch: TPLaunch) -> None:
     from engine.llm_engine import build_runner
 
+    dump_after = os.environ.get("PAGEBENCH_HANG_DUMP_S")
+    if dump_after:
+        import faulthandler
+
+        faulthandler.dump_traceback_later(float(dump_after), exit=False)
+
     device = init_rank(rank, launch)
     runner = build_runner(launch, device)
     while True:
@@ -113,12 +119,12 @@ class TPGroup:
             return
         self.closed = True
         if self.failure is None and dist.is_initialized():
+            # NCCL's teardown is collective: every rank must reach it together, so rank 0 does not wait first.
             try:
                 dist.broadcast_object_list([None], src=0)
+                dist.destroy_process_group()
             except Exception:
                 pass
         for p in self.procs:
             p.join(timeout=10)
         self._kill()
-        if dist.is_initialized():
-            dist.destroy_process_group()

@@ -49,3 +49,25 @@ def test_earliest_stop_wins(tok):
     _, detok, hit = stream(tok, "one two three four", stop=["four", "two"])
     assert hit == "two"
     assert detok.text == "one "
+
+
+def test_min_tokens_defers_stop_strings(tmp_path):
+    from engine import LLM, SamplingParams
+    from tests.tiny_models import make_tiny_checkpoint
+
+    make_tiny_checkpoint("llama", str(tmp_path))
+    llm = LLM(str(tmp_path), dtype="float32", device="cpu", kv_cache_tokens=512)
+
+    class Chars:
+        eos_token_ids: list[int] = []
+
+        def decode(self, ids, skip_special_tokens=True):
+            return "".join(chr(97 + i % 26) for i in ids)
+
+    llm.engine.tokenizer = Chars()
+    free = llm.generate([[5, 6, 7]], SamplingParams(temperature=0.0, max_tokens=8))[0]
+    stop = free.text[2:4]
+    early = llm.generate([[5, 6, 7]], SamplingParams(temperature=0.0, max_tokens=8, stop=[stop]))[0]
+    assert early.finish_reason == "stop" and len(early.text) < 8
+    held = llm.generate([[5, 6, 7]], SamplingParams(temperature=0.0, max_tokens=8, min_tokens=8, stop=[stop]))[0]
+    assert held.finish_reason == "length" and held.text == free.text
