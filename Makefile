@@ -19,6 +19,7 @@ install: $(STAMP)
 
 ollama: install
 	bash scripts/setup_ollama.sh
+	$(PY) scripts/ollama_serve.py --import-only
 
 browser:
 	bash scripts/setup_browser.sh

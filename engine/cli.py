@@ -23,29 +23,27 @@ def serve(
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N")] = "auto",
     max_num_seqs: Annotated[int, typer.Option(min=1, help="most requests in one batch")] = 256,
     max_num_batched_tokens: Annotated[int, typer.Option(min=1, help="most tokens in one step")] = 4096,
-    max_waiting: Annotated[int, typer.Option(min=0, help="more waiting requests than this get 503")] = 1024,
+    max_waiting: Annotated[int, typer.Option(min=1, help="more waiting requests than this get 503")] = 1024,
     kv_cache_fraction: Annotated[float, typer.Option(help="share of GPU memory for weights, activations and KV")] = 0.9,
     kv_cache_tokens: Annotated[int | None, typer.Option(help="size the KV cache in tokens instead")] = None,
     block_size: Annotated[int, typer.Option(help="tokens per KV block (a power of two)")] = 16,
     max_model_len: Annotated[int | None, typer.Option(min=2, help="cap the context length")] = None,
     served_model_name: Annotated[list[str] | None, typer.Option(help="name(s) clients use; default: MODEL")] = None,
     no_prefix_caching: Annotated[bool, typer.Option("--no-prefix-caching", help="disable prefix caching")] = False,
-    tensor_parallel_size: Annotated[int, typer.Option(min=1)] = 1,
+    tensor_parallel_size: Annotated[int, typer.Option(min=1, help="GPUs (or CPU processes) to shard over")] = 1,
     tokenizer: Annotated[str | None, typer.Option(help="tokenizer (HF directory or GGUF) for random: models")] = None,
     seed: Annotated[int, typer.Option(help="seed for random weights and unseeded sampling")] = 0,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error")] = "info",
     access_log: Annotated[bool, typer.Option(help="log one line per HTTP request")] = True,
 ) -> None:
     """Serve MODEL over an OpenAI-compatible HTTP API (/v1/completions, /v1/chat/completions)."""
-    if tensor_parallel_size != 1:
-        raise typer.BadParameter("tensor parallelism is not wired into `engine serve` yet; use 1",
-                                 param_hint="--tensor-parallel-size")
     from engine.server.serve import ServeArgs, serve as run
 
     engine_kwargs = dict(dtype=dtype, device=device, block_size=block_size, max_num_seqs=max_num_seqs,
                          max_num_batched_tokens=max_num_batched_tokens, kv_cache_fraction=kv_cache_fraction,
                          kv_cache_tokens=kv_cache_tokens, max_model_len=max_model_len,
-                         enable_prefix_caching=not no_prefix_caching, seed=seed)
+                         enable_prefix_caching=not no_prefix_caching, seed=seed,
+                         tensor_parallel_size=tensor_parallel_size)
     args = ServeArgs(model, host, port, api_key, list(served_model_name or []), max_waiting, tokenizer,
                      log_level.lower(), access_log, engine_kwargs)
     try:

@@ -1,0 +1,1 @@
+"""The OpenAI-compatible server over LLMEngine: `engine serve MODEL`."""

@@ -1,0 +1,123 @@
+"""Runs LLMEngine.step() in one background thread and hands each request's outputs to its asyncio queue."""
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+
+from engine.llm_engine import LLMEngine
+from engine.outputs import EngineStats, RequestOutput
+from engine.sampling_params import SamplingParams
+
+logger = logging.getLogger("engine.server")
+
+
+class EngineDeadError(RuntimeError):
+    """The engine step failed; the requests it held were aborted."""
+
+
+class AsyncEngine:
+    def __init__(self, engine: LLMEngine) -> None:
+        self.engine = engine
+        self.queues: dict[str, asyncio.Queue[RequestOutput | Exception]] = {}
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.wake = threading.Event()
+        self.stopping = False
+        self.thread: threading.Thread | None = None
+        self.last_stats: EngineStats = engine.stats()
+        self.on_outputs: list[Callable[[list[RequestOutput], float], None]] = []
+
+    def start(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.thread = threading.Thread(target=self._run, name="engine-loop", daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.stopping = True
+        self.wake.set()
+        if self.thread is not None:
+            self.thread.join(timeout=10)
+
+    @property
+    def num_waiting(self) -> int:
+        """Requests not yet scheduled; read without locking, so it may be off by one for an instant."""
+        return len(self.engine.pending) + len(self.engine.scheduler.waiting)
+
+    def _run(self) -> None:
+        while not self.stopping:
+            self.wake.clear()
+            if not self.engine.has_unfinished_requests():
+                self.last_stats = self.engine.stats()
+                self.wake.wait(timeout=1.0)
+                continue
+            try:
+                outputs = self.engine.step()
+            except Exception as e:
+                logger.exception("engine step failed; aborting the requests it held")
+                failed = list(self.engine.seqs)
+                for request_id in failed:
+                    self.engine.abort_request(request_id)
+                self._post(self._fail, failed, EngineDeadError(f"engine step failed: {type(e).__name__}: {e}"))
+                continue
+            self.last_stats = self.engine.stats()
+            if outputs:
+                self._post(self._dispatch, outputs, time.time())
+
+    def _post(self, fn: Callable, *args: object) -> None:
+        try:
+            self.loop.call_soon_threadsafe(fn, *args)
+        except RuntimeError:
+            self.stopping = True
+
+    def _dispatch(self, outputs: list[RequestOutput], now: float) -> None:
+        for hook in self.on_outputs:
+            hook(outputs, now)
+        for out in outputs:
+            queue = self.queues.get(out.request_id)
+            if queue is not None:
+                queue.put_nowait(out)
+
+    def _fail(self, request_ids: list[str], error: Exception) -> None:
+        for request_id in request_ids:
+            if (queue := self.queues.get(request_id)) is not None:
+                queue.put_nowait(error)
+
+    def add(self, request_id: str, prompt: str | list[int], params: SamplingParams) -> "RequestStream":
+        """Queues the request now, raising ValueError as LLMEngine.add_request does; outputs come on the stream."""
+        self.engine.add_request(request_id, prompt, params, arrival_time=time.time())
+        queue: asyncio.Queue[RequestOutput | Exception] = asyncio.Queue()
+        self.queues[request_id] = queue
+        self.wake.set()
+        return RequestStream(self, request_id, queue)
+
+
+class RequestStream:
+    """One request's outputs. Closing it, or dropping it unread, before the end aborts the request."""
+
+    __slots__ = ("engine", "request_id", "queue", "finished")
+
+    def __init__(self, engine: AsyncEngine, request_id: str, queue: asyncio.Queue) -> None:
+        self.engine = engine
+        self.request_id = request_id
+        self.queue = queue
+        self.finished = False
+
+    async def __aiter__(self) -> AsyncIterator[RequestOutput]:
+        try:
+            while not self.finished:
+                item = await self.queue.get()
+                if isinstance(item, Exception):
+                    self.finished = True
+                    raise item
+                self.finished = item.finished
+                yield item
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        if self.engine.queues.pop(self.request_id, None) is not None and not self.finished:
+            self.engine.engine.abort_request(self.request_id)
+            self.engine.wake.set()
+
+    def __del__(self) -> None:
+        self.close()

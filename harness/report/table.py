@@ -1,0 +1,225 @@
+"""The article's comparison table as data: one column per backend, measured value and claim per row."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+
+from harness.report import claims, metrics
+from harness.report.data import Run, backends, run_id
+from harness.report.text import fmt_bytes, fmt_pct, fmt_rate, fmt_seconds, t
+
+TIE = 0.02  # closer than this is a draw, not an advantage
+
+GROUPS: list[tuple[str, list[str]]] = [
+    ("g_advantage", ["advantage"]),
+    ("g_memory", ["peak_memory", "memory_management"]),
+    ("g_speed", ["decode_speed", "aggregate", "ttft", "itl", "e2e", "errors"]),
+    ("g_batching", ["scaling", "batching"]),
+    ("g_hardware", ["hardware"]),
+    ("g_deployment", ["deployment", "version", "model"]),
+]
+
+
+@dataclass(slots=True)
+class Cell:
+    text: str
+    claim: str = ""
+    value: float | None = None
+    values: dict[str, float | None] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class Column:
+    run_id: str
+    backend: str
+    kind: str
+    side: str  # which side of the article this backend is compared with, "" if none
+    low_level: str | None = None
+    high_level: str | None = None
+    mem_source: str = "none"
+    cells: dict[str, Cell] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class Table:
+    lang: str
+    columns: list[Column]
+    groups: list[tuple[str, list[tuple[str, str]]]]  # (group label, [(row id, row label)])
+
+    def row(self, row_id: str) -> list[Cell]:
+        return [c.cells[row_id] for c in self.columns]
+
+
+def _pick(lv_stats: pd.DataFrame, order: list[str], highest: bool) -> pd.Series | None:
+    if lv_stats.empty:
+        return None
+    closed = lv_stats[lv_stats["mode"] == "closed"]
+    pool = closed if not closed.empty else lv_stats
+    pool = pool.assign(_o=pool["level"].map(order.index)).sort_values("_o")
+    return pool.iloc[-1 if highest else 0]
+
+
+def _latency(r: pd.Series | None, name: str, lang: str) -> Cell:
+    if r is None:
+        return Cell(t("not_measured", lang))
+    p50, p99 = r[f"{name}_p50"], r[f"{name}_p99"]
+    if p50 is None or pd.isna(p50):
+        return Cell(t("all_failed", lang, n=int(r["requests"])))
+    text = f"p50 {fmt_seconds(p50)} · p99 {fmt_seconds(p99)}{t('at', lang, level=r['level'])}"
+    return Cell(text, value=float(p50), values={"p50": float(p50), "p99": float(p99)})
+
+
+def _memory_cells(mem: metrics.Memory, kind: str, info: dict[str, Any], lang: str) -> dict[str, Cell]:
+    src = {"gpu": "mem_gpu", "gpu_device": "mem_gpu_device", "ollama_vram": "mem_ollama_vram", "ram": "mem_ram"}
+    peak = (Cell(f"{fmt_bytes(mem.peak_bytes)} · {t(src[mem.source], lang)}", value=mem.peak_bytes)
+            if mem.peak_bytes is not None else Cell(t("not_measured", lang)))
+    parts: list[str] = []
+    if kind == "paged" or "block_size" in info:
+        if info.get("block_size") is not None:
+            parts.append(t("block_size", lang, v=info["block_size"]))
+        blocks = info.get("kv_blocks_total") or mem.kv_blocks_total
+        if blocks:
+            size = f" ({fmt_bytes(info['kv_cache_bytes'])})" if info.get("kv_cache_bytes") else ""
+            parts.append(t("kv_blocks", lang, v=int(blocks)) + size)
+        parts.append(t("kv_peak", lang, v=fmt_pct(mem.kv_usage_peak)))
+    if kind == "ollama":
+        parts += [f"{k} {fmt_bytes(info[k])}" for k in ("size_vram", "size") if info.get(k) is not None]
+        parts += [f"{k} {info[k]}" for k in ("num_ctx", "processor") if info.get(k) is not None]
+    return {"peak_memory": peak,
+            "memory_management": Cell(" · ".join(parts) or t("not_measured", lang), value=mem.kv_usage_peak)}
+
+
+def _speed_cells(mine: pd.DataFrame, low: pd.Series | None, high: pd.Series | None, lang: str) -> dict[str, Cell]:
+    cells: dict[str, Cell] = {}
+    if low is None:
+        cells["decode_speed"], cells["aggregate"] = Cell(t("not_measured", lang)), Cell(t("not_measured", lang))
+    else:
+        d_low, d_high = low["decode_tps_p50"], high["decode_tps_p50"]
+        text = f"{fmt_rate(d_low)} tok/s{t('at', lang, level=low['level'])}"
+        if high["level"] != low["level"]:
+            text += f" · {fmt_rate(d_high)}{t('at', lang, level=high['level'])}"
+        cells["decode_speed"] = Cell(text, value=d_low, values={"lowest": d_low, "highest": d_high})
+        cells["aggregate"] = Cell(f"{fmt_rate(high['output_tps'])} tok/s{t('at', lang, level=high['level'])}",
+                                  value=high["output_tps"])
+    for name in ("ttft", "itl", "e2e"):
+        cells[name] = _latency(high, name, lang)
+    n_req = int(mine["requests"].sum()) if not mine.empty else 0
+    n_err = int(mine["errors"].sum()) if not mine.empty else 0
+    cells["errors"] = Cell(t("errors_of", lang, e=n_err, n=n_req, p=fmt_pct(n_err / n_req if n_req else None)),
+                           value=float(n_err), values={"requests": float(n_req)})
+    return cells
+
+
+def _batching_cells(low: pd.Series | None, high: pd.Series | None, mem: metrics.Memory, info: dict[str, Any],
+                    lang: str) -> dict[str, Cell]:
+    if low is None:
+        return {"scaling": Cell(t("not_measured", lang)), "batching": Cell(t("not_measured", lang))}
+    if high["level"] == low["level"]:
+        scaling = Cell(t("one_level", lang))
+    else:
+        a, b = low["output_tps"], high["output_tps"]
+        ratio = b / a if a else None
+        scaling = Cell(t("scaling_cell", lang, x=fmt_rate(ratio), a=low["level"], b=high["level"],
+                         ta=fmt_rate(a), tb=fmt_rate(b)), value=ratio)
+    parts = [t("decoding_at_once", lang, n=int(high["max_decoding"]), level=high["level"])]
+    if mem.running_peak is not None:
+        parts.append(t("running_peak", lang, r=int(mem.running_peak), w=int(mem.waiting_peak or 0)))
+    if info.get("num_parallel") is not None:
+        parts.append(t("num_parallel", lang, v=info["num_parallel"]))
+    return {"scaling": scaling, "batching": Cell(" · ".join(parts), value=float(high["max_decoding"]))}
+
+
+def _deployment_cells(data: Run, backend: dict[str, Any], info: dict[str, Any], lang: str) -> dict[str, Cell]:
+    ready = backend.get("ready_s")
+    if ready is not None:
+        deployment = Cell(t("ready_in", lang, v=fmt_seconds(ready)), value=float(ready))
+    else:
+        deployment = Cell(t("not_measured", lang) if backend.get("launched") else t("external", lang))
+    model = [str(backend.get("model") or "?")] + [str(info[k]) for k in ("dtype", "quantization", "parameter_size")
+                                                  if info.get(k)]
+    if info.get("weights_bytes"):
+        model.append(t("weights", lang, v=fmt_bytes(info["weights_bytes"])))
+    return {"hardware": Cell(_hardware(data.run.get("host") or {}, info, lang)), "deployment": deployment,
+            "version": Cell(str(backend.get("version") or "—")), "model": Cell(" · ".join(model))}
+
+
+def _column(data: Run, backend: dict[str, Any], stats: pd.DataFrame, lang: str) -> Column:
+    name, kind = backend["name"], backend.get("kind", "unknown")
+    info = backend.get("info") or {}
+    order = [lv.label for lv in metrics.levels(data)]
+    mine = stats[stats["backend"] == name] if not stats.empty else stats
+    low, high = _pick(mine, order, False), _pick(mine, order, True)
+    mem = metrics.memory(data, name)
+    cells = {"advantage": Cell("—"), **_memory_cells(mem, kind, info, lang), **_speed_cells(mine, low, high, lang),
+             **_batching_cells(low, high, mem, info, lang), **_deployment_cells(data, backend, info, lang)}
+    for row_id, cell in cells.items():
+        cell.claim = claims.claim(row_id, kind, lang)
+    return Column(run_id(data), name, kind, claims.ARTICLE_SIDE.get(kind, ""),
+                  None if low is None else str(low["level"]), None if high is None else str(high["level"]),
+                  mem.source, cells)
+
+
+def _hardware(host: dict[str, Any], info: dict[str, Any], lang: str) -> str:
+    gpus = host.get("gpus") or []
+    if gpus:
+        names: dict[str, int] = {}
+        for g in gpus:
+            names[g.get("name", "GPU")] = names.get(g.get("name", "GPU"), 0) + 1
+        mem = fmt_bytes(gpus[0].get("memory_total_bytes"))
+        text = ", ".join(f"{n}× {name}" for name, n in names.items()) + f" ({mem}), driver {gpus[0].get('driver', '?')}"
+    else:
+        text = t("no_gpu", lang)
+    cpu = host.get("cpu_model") or "CPU"
+    text += f" · {cpu}, {t('cores', lang, n=host.get('cpu_count', '?'))}, RAM {fmt_bytes(host.get('ram_bytes'))}"
+    if info.get("processor"):
+        text += f" · Ollama: {info['processor']}"
+    return text
+
+
+def _advantages(columns: list[Column], lang: str) -> None:
+    """Name what each backend wins, comparing only columns measured at the same level."""
+    def common(attr: str) -> str | None:
+        labels = [getattr(c, attr) for c in columns if getattr(c, attr)]
+        return max(sorted(set(labels)), key=labels.count) if labels else None
+
+    low, high, src = common("low_level"), common("high_level"), common("mem_source")
+    wanted = {"low_level": low, "high_level": high, "mem_source": src}
+
+    def winner(row: str, key: str | None, best: Any, level_attr: str | None) -> Column | None:
+        pool = [c for c in columns if level_attr is None or getattr(c, level_attr) == wanted[level_attr]]
+        vals = [(c, c.cells[row].values.get(key) if key else c.cells[row].value) for c in pool]
+        vals = sorted(((c, v) for c, v in vals if v is not None and not pd.isna(v)), key=lambda cv: cv[1],
+                      reverse=best is max)
+        if len(vals) < 2 or abs(vals[0][1] - vals[1][1]) <= TIE * max(abs(vals[0][1]), abs(vals[1][1])):
+            return None
+        return vals[0][0]
+
+    wins: dict[int, list[str]] = {id(c): [] for c in columns}
+    for label, row, key, best, level_attr in (
+        (t("win_memory", lang), "peak_memory", None, min, "mem_source"),
+        (t("win_single", lang), "decode_speed", "lowest", max, "low_level"),
+        (t("win_aggregate", lang, level=high), "aggregate", None, max, "high_level"),
+        (t("win_ttft", lang, level=high), "ttft", "p99", min, "high_level"),
+        (t("win_ready", lang), "deployment", None, min, None),
+    ):
+        col = winner(row, key, best, level_attr)
+        if col is not None:
+            wins[id(col)].append(label)
+    for c in columns:
+        c.cells["advantage"].text = t("list_sep", lang).join(wins[id(c)]) or "—"
+        c.cells["advantage"].value = float(len(wins[id(c)]))
+
+
+def build_table(runs: list[Run], lang: str = "en") -> Table:
+    if lang not in ("en", "zh"):
+        raise ValueError(f"lang must be 'en' or 'zh', got {lang!r}")
+    columns: list[Column] = []
+    for data in runs:
+        stats = metrics.level_stats(data)
+        for backend in backends(data):
+            columns.append(_column(data, backend, stats, lang))
+    _advantages(columns, lang)
+    groups = [(t(g, lang), [(r, t(r, lang)) for r in rows]) for g, rows in GROUPS]
+    return Table(lang, columns, groups)

