@@ -188,23 +188,25 @@ load:
 """
 
 
-def bench_fake_run(root: Path, timeout_s: float = 240.0) -> Path:
-    """Runs the real `bench run` CLI on a tiny scenario against fake_exact_server; returns the run folder."""
+def _bench_run(root: Path, name: str, scenario_text: str, ok_codes: tuple[int, ...], timeout_s: float) -> Path:
+    """Runs the real `bench run` CLI on a scenario written to root; returns the run folder."""
     import subprocess
     import sys
 
-    scenario = root / "report-fake.yaml"
-    scenario.write_text(FAKE_SCENARIO, encoding="utf-8")
+    scenario = root / f"{name}.yaml"
+    scenario.write_text(scenario_text, encoding="utf-8")
     out = root / "reports"
     proc = subprocess.run([sys.executable, "-m", "harness.cli", "run", str(scenario), "--out", str(out)],
                           capture_output=True, text=True, timeout=timeout_s, cwd=Path(__file__).resolve().parents[1])
-    runs = sorted(out.glob("*-report-fake"))
-    if not runs:
-        raise AssertionError(f"bench run wrote no run folder (exit {proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-    # exit 1 is expected: the injected HTTP 500s count as failed requests
-    if proc.returncode not in (0, 1):
+    runs = sorted(out.glob(f"*-{name}"))
+    if proc.returncode not in ok_codes or not runs:
         raise AssertionError(f"bench run exited {proc.returncode}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     return runs[-1]
+
+
+def bench_fake_run(root: Path, timeout_s: float = 240.0) -> Path:
+    """`bench run` on a tiny scenario against fake_exact_server; exit 1 is expected (injected HTTP 500s)."""
+    return _bench_run(root, "report-fake", FAKE_SCENARIO, (0, 1), timeout_s)
 
 
 REAL_SCENARIO = """# report test: a real `bench run` of the engine (demo model, CPU) against the real Ollama
@@ -238,16 +240,5 @@ load:
 
 
 def bench_real_run(root: Path, timeout_s: float = 600.0) -> Path:
-    """Runs `bench run` on a tiny scenario against the real engine and the real Ollama; returns the run folder."""
-    import subprocess
-    import sys
-
-    scenario = root / "report-real.yaml"
-    scenario.write_text(REAL_SCENARIO, encoding="utf-8")
-    out = root / "reports"
-    proc = subprocess.run([sys.executable, "-m", "harness.cli", "run", str(scenario), "--out", str(out)],
-                          capture_output=True, text=True, timeout=timeout_s, cwd=Path(__file__).resolve().parents[1])
-    runs = sorted(out.glob("*-report-real"))
-    if proc.returncode != 0 or not runs:
-        raise AssertionError(f"bench run exited {proc.returncode}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-    return runs[-1]
+    """`bench run` on a tiny scenario against the real engine and the real Ollama."""
+    return _bench_run(root, "report-real", REAL_SCENARIO, (0,), timeout_s)

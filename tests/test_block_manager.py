@@ -66,6 +66,20 @@ def test_lru_eviction_keeps_recent_prefixes():
     assert len(bm.find_cached_prefix(make_seq("x", [4, 5, 0]))) == 1
 
 
+def run_step(sched: Scheduler, bm: BlockManager) -> bool:
+    """What the engine does with a scheduled batch, without a model: compute, name full blocks, emit a token."""
+    batch = sched.schedule()
+    for seq, n in zip(batch.seqs, batch.num_new_tokens):
+        assert len(seq.block_table) * bm.block_size >= seq.num_computed_tokens + n
+        seq.num_computed_tokens += n
+        bm.cache_full_blocks(seq)
+        if seq.num_computed_tokens == seq.num_tokens:
+            seq.token_ids.append(11)
+            if seq.num_output_tokens >= seq.params.max_tokens:
+                sched.finish(seq, "length")
+    return bool(batch)
+
+
 ops = st.lists(st.one_of(
     st.tuples(st.just("add"), st.integers(1, 40), st.integers(1, 12), st.integers(0, 3)),
     st.tuples(st.just("step"), st.integers(1, 5)),
@@ -92,15 +106,7 @@ def test_random_add_step_abort_keeps_invariants(ops, block_size, caching, budget
             sched.add(seq)
         elif op[0] == "step":
             for _ in range(op[1]):
-                batch = sched.schedule()
-                for seq, n in zip(batch.seqs, batch.num_new_tokens):
-                    assert len(seq.block_table) * block_size >= seq.num_computed_tokens + n
-                    seq.num_computed_tokens += n
-                    bm.cache_full_blocks(seq)
-                    if seq.num_computed_tokens == seq.num_tokens:
-                        seq.token_ids.append(11)
-                        if seq.num_output_tokens >= seq.params.max_tokens:
-                            sched.finish(seq, "length")
+                run_step(sched, bm)
                 check_invariants(bm, sched.running)
         else:
             live = [s for s in seqs if not s.is_finished]
@@ -110,15 +116,7 @@ def test_random_add_step_abort_keeps_invariants(ops, block_size, caching, budget
     for _ in range(2000):
         if not sched.has_unfinished():
             break
-        batch = sched.schedule()
-        assert batch, "scheduler made no progress: deadlock"
-        for seq, n in zip(batch.seqs, batch.num_new_tokens):
-            seq.num_computed_tokens += n
-            bm.cache_full_blocks(seq)
-            if seq.num_computed_tokens == seq.num_tokens:
-                seq.token_ids.append(11)
-                if seq.num_output_tokens >= seq.params.max_tokens:
-                    sched.finish(seq, "length")
+        assert run_step(sched, bm), "scheduler made no progress: deadlock"
     assert not sched.has_unfinished()
     assert all(s.status is SequenceStatus.FINISHED for s in seqs)
     assert all(b.ref_count == 0 for b in bm.blocks)

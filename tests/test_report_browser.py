@@ -158,30 +158,15 @@ def test_real_bench_run_report_in_browser(browser, tmp_path: Path) -> None:
     p.page.close()
 
 
-def _no_ollama() -> str | None:
-    import importlib.util
-    import sys
-
-    spec = importlib.util.spec_from_file_location("ollama_serve", Path(__file__).resolve().parents[1] / "scripts" / "ollama_serve.py")
-    serve = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("ollama_serve", serve)
-    spec.loader.exec_module(serve)
-    try:
-        serve.find_binary()
-        serve.demo_gguf()
-    except serve.SetupError as e:
-        return str(e)
-    return None
-
-
 @pytest.mark.slow
 @pytest.mark.ollama
 def test_engine_and_ollama_run_report_in_browser(browser, tmp_path: Path) -> None:
     """The page `bench run` wrote for a real small run: the engine on the CPU against the real Ollama."""
-    reason = _no_ollama()
-    if reason:
-        pytest.skip(f"no real Ollama here: {reason}")
     from tests.report_fixture import bench_real_run
+    from tests.test_ollama_server import _missing
+
+    if _missing():
+        pytest.skip(f"no real Ollama here: {_missing()}")
 
     run_dir = bench_real_run(tmp_path)
     p = Page(browser, (run_dir / "report.html").as_uri())
