@@ -35,25 +35,34 @@ def _gather(cache: torch.Tensor, block_table: torch.Tensor, seq_len: int) -> tor
 
 
 def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, first_pos: int) -> torch.Tensor:
-    groups = q.size(1) // k.size(1)
-    k = k.repeat_interleave(groups, dim=1)
-    v = v.repeat_interleave(groups, dim=1)
-    scores = torch.einsum("qhd,khd->hqk", q.float(), k.float()) * scale
-    q_pos = torch.arange(q.size(0), device=q.device).unsqueeze(1) + first_pos
+    t, hq, d = q.shape
+    hkv = k.size(1)
+    qg = q.float().view(t, hkv, hq // hkv, d)
+    scores = torch.einsum("qhgd,khd->hgqk", qg, k.float()) * scale
+    q_pos = torch.arange(t, device=q.device).unsqueeze(1) + first_pos
     k_pos = torch.arange(k.size(0), device=q.device).unsqueeze(0)
-    scores.masked_fill_((k_pos > q_pos).unsqueeze(0), float("-inf"))
-    probs = scores.softmax(dim=-1)
-    return torch.einsum("hqk,khd->qhd", probs, v.float()).to(q.dtype)
+    scores.masked_fill_(k_pos > q_pos, float("-inf"))
+    out = torch.einsum("hgqk,khd->qhgd", scores.softmax(dim=-1), v.float())
+    return out.reshape(t, hq, d).to(q.dtype)
 
 
 def paged_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, block_tables: torch.Tensor,
                  seq_lens: torch.Tensor, scale: float) -> torch.Tensor:
-    out = torch.empty_like(q)
-    for i, seq_len in enumerate(seq_lens.tolist()):
-        k = _gather(k_cache, block_tables[i], seq_len)
-        v = _gather(v_cache, block_tables[i], seq_len)
-        out[i : i + 1] = _attend(q[i : i + 1], k, v, scale, seq_len - 1)
-    return out
+    """One query token per sequence, all sequences at once: keys gathered through the tables, padding masked."""
+    b, hq, d = q.shape
+    block_size, hkv = k_cache.size(1), k_cache.size(2)
+    max_len = max(int(seq_lens.max()), 1)
+    num_blocks = -(-max_len // block_size)
+    used = torch.arange(num_blocks, device=q.device).unsqueeze(0) * block_size < seq_lens.unsqueeze(1)
+    tables = block_tables[:, :num_blocks].long().masked_fill(~used, 0)
+    pad = (torch.arange(max_len, device=q.device).unsqueeze(0) >= seq_lens.unsqueeze(1))[:, :, None, None]
+    k = k_cache[tables].reshape(b, -1, hkv, d)[:, :max_len].float().masked_fill(pad, 0.0)
+    v = v_cache[tables].reshape(b, -1, hkv, d)[:, :max_len].float().masked_fill(pad, 0.0)
+    qg = q.float().view(b, hkv, hq // hkv, d)
+    scores = torch.einsum("bhgd,blhd->bhgl", qg, k) * scale
+    scores.masked_fill_(pad[:, None, None, :, 0, 0], float("-inf"))
+    out = torch.einsum("bhgl,blhd->bhgd", scores.softmax(dim=-1), v).reshape(b, hq, d)
+    return out.masked_fill((seq_lens == 0)[:, None, None], 0.0).to(q.dtype)
 
 
 def paged_extend(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, block_tables: torch.Tensor,

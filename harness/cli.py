@@ -128,8 +128,8 @@ def run(
         runner.ui = ui
         outcome = run_async(_main(runner))
     console.line()
-    console.print(summary_table(outcome.summary, f"{loaded.scenario.name}: {outcome.info.status}"))
-    _print_comparison(outcome.run_dir)
+    if not _print_comparison(outcome.run_dir):
+        console.print(summary_table(outcome.summary, f"{loaded.scenario.name}: {outcome.info.status}"))
     if report:
         _build_report(outcome.run_dir)
     console.print(f"run folder: {outcome.run_dir}")
@@ -180,14 +180,16 @@ def _print_plan(runner) -> None:
     console.print("dry run: nothing was sent")
 
 
-def _print_comparison(run_dir: Path, lang: str = "en") -> None:
-    """The report's comparison table, in the terminal too."""
+def _print_comparison(run_dir: Path, lang: str = "en") -> bool:
+    """The report's comparison table and per-level table, in the terminal too."""
     try:
         from harness.report import print_summary
 
         print_summary(run_dir, lang=lang, console=console)
+        return True
     except Exception as e:  # the rows are on disk; a table bug must not hide them
         err.print(f"[yellow]no comparison table:[/] {escape(f'{type(e).__name__}: {e}')}")
+        return False
 
 
 LangOpt = Annotated[str, typer.Option("--lang", help="en, or zh for the article's language (Chinese)")]

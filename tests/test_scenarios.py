@@ -45,7 +45,7 @@ def test_smoke_is_the_embedded_default() -> None:
     sc = load_scenario(REPO / "scenarios" / "smoke.yaml").scenario
     engine, ollama = sorted(sc.backends, key=lambda b: b.kind != "paged")
     argv = launch_argv(engine.launch)
-    assert argv[4] == "demo" and argv[argv.index("--dtype") + 1] == "float16"
+    assert argv[4] == "demo" and argv[argv.index("--dtype") + 1] == "bfloat16"
     assert ollama.model == "smollm2-135m-instruct:q4_1" and ollama.num_parallel is None
     assert sc.workload.api == "chat" and sc.workload.temperature == 0
     assert sc.load.concurrency == [1, 2, 4, 8]
