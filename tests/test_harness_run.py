@@ -96,7 +96,7 @@ def test_two_backends_fill_the_run_folder_contract(tmp_path):
     assert "fake_exact_server" in (d / "backends" / "engine.log").read_text()
     run = load_run(d)
     assert not run.summary_recomputed and len(run.requests) == 20 and set(run.samples["backend"]) == {"engine", "llama"}
-    assert "TTFT p50 ms" in res.stdout and "engine" in res.stdout
+    assert "TTFT ms p50/p99" in res.stdout and "Decode speed per stream" in res.stdout and "engine" in res.stdout
 
 
 def test_failures_are_contained_and_explained(tmp_path):
