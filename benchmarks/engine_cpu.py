@@ -67,7 +67,7 @@ def main() -> None:
     args = ap.parse_args()
     rng = random.Random(0)
     result: dict = {"date": time.strftime("%Y-%m-%d"), "host": platform.node(), "cpus": os.cpu_count(),
-                    "torch": torch.__version__, "threads": torch.get_num_threads(), "model": "SmolLM2-135M-Instruct Q4_1 GGUF, dequantized to fp32"}
+                    "torch": torch.__version__, "threads": torch.get_num_threads(), "model": "SmolLM2-135M-Instruct Q4_1 GGUF, dequantized (engine: fp32 unless named; HF: fp32)"}
     pool = LLM("demo", dtype="float32", device="cpu", kv_cache_tokens=4096, max_num_batched_tokens=1024)
     result["kv"] = kv_utilization(pool, rng)
     result["prefix"] = prefix_hit_rate(LLM("demo", dtype="float32", device="cpu"), rng)
@@ -76,10 +76,12 @@ def main() -> None:
     prompt = tok.encode(tok.apply_chat_template([{"role": "user", "content": "Tell me about the history of tea."}]))
     result["tokens_per_s"] = {f"batch_{b}": {"engine": round(engine_tps(llm, prompt, b, args.new_tokens), 1)}
                               for b in (1, 8)}
-    fp16 = LLM("demo", dtype="float16", device="cpu")
-    for b in (1, 8):
-        result["tokens_per_s"][f"batch_{b}"]["engine_fp16"] = round(engine_tps(fp16, prompt, b, args.new_tokens), 1)
-    del fp16, llm, pool
+    del llm, pool
+    for dtype in ("float16", "bfloat16"):
+        half = LLM("demo", dtype=dtype, device="cpu")
+        for b in (1, 8):
+            result["tokens_per_s"][f"batch_{b}"][f"engine_{dtype}"] = round(engine_tps(half, prompt, b, args.new_tokens), 1)
+        del half
     # Hugging Face last, in the same process: its GGUF loading leaves worker threads that would tax the engine's runs.
     from transformers import AutoModelForCausalLM
 
