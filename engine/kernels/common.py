@@ -3,6 +3,7 @@ import functools
 
 import torch
 import triton
+import triton.language as tl
 
 INTERPRET: bool = bool(triton.knobs.runtime.interpret)
 
@@ -47,3 +48,18 @@ def check_cache(k_cache: torch.Tensor, v_cache: torch.Tensor, num_heads: int, he
     if block_tables is not None and (block_tables.dtype != torch.int32 or block_tables.stride(-1) != 1):
         raise ValueError(f"block_tables must be int32 with contiguous rows, got {block_tables.dtype} "
                          f"strides {block_tables.stride()}")
+
+
+@triton.jit
+def online_softmax_step(s, v, m_i, l_i, acc, UPCAST: tl.constexpr, PRECISION: tl.constexpr):
+    """One tile of flash attention: rescale the running max, sum and output by the new scores s, add p @ v."""
+    m_new = tl.maximum(m_i, tl.max(s, 1))
+    alpha = tl.exp2(m_i - m_new)
+    p = tl.exp2(s - m_new[:, None])
+    l_i = l_i * alpha + tl.sum(p, 1)
+    p = p.to(v.dtype)
+    if UPCAST:
+        p = p.to(tl.float32)
+        v = v.to(tl.float32)
+    acc = acc * alpha[:, None] + tl.dot(p, v, input_precision=PRECISION)
+    return acc, m_new, l_i

@@ -11,7 +11,7 @@ import torch
 import triton
 import triton.language as tl
 
-from engine.kernels.common import check_cache, check_out, dot_flags, num_sms
+from engine.kernels.common import check_cache, check_out, dot_flags, num_sms, online_softmax_step
 
 LOG2E = 1.4426950408889634
 
@@ -64,16 +64,7 @@ def _decode_split_kernel(q_ptr, k_cache_ptr, v_cache_ptr, block_tables_ptr, seq_
             k = k.to(tl.float32)
         s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale
         s = tl.where(n_mask[None, :], s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        alpha = tl.exp2(m_i - m_new)
-        p = tl.exp2(s - m_new[:, None])
-        l_i = l_i * alpha + tl.sum(p, 1)
-        p = p.to(v_cache_ptr.dtype.element_ty)
-        if UPCAST:
-            p = p.to(tl.float32)
-            v = v.to(tl.float32)
-        acc = acc * alpha[:, None] + tl.dot(p, v, input_precision=PRECISION)
-        m_i = m_new
+        acc, m_i, l_i = online_softmax_step(s, v, m_i, l_i, acc, UPCAST, PRECISION)
 
     filled = l_i > 0
     acc = acc / tl.where(filled, l_i, 1.0)[:, None]

@@ -8,7 +8,7 @@ import torch
 import triton
 import triton.language as tl
 
-from engine.kernels.common import INTERPRET, check_cache, check_out, dot_flags
+from engine.kernels.common import INTERPRET, check_cache, check_out, dot_flags, online_softmax_step
 
 LOG2E = 1.4426950408889634
 
@@ -46,16 +46,7 @@ def _attend_tile(acc, m_i, l_i, q, k_cache_ptr, v_cache_ptr, table, q_pos, kv_he
         s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale
         if MASKED:
             s = tl.where((keys[None, :] <= q_pos[:, None]) & n_mask[None, :], s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        alpha = tl.exp2(m_i - m_new)
-        p = tl.exp2(s - m_new[:, None])
-        l_i = l_i * alpha + tl.sum(p, 1)
-        p = p.to(v_cache_ptr.dtype.element_ty)
-        if UPCAST:
-            p = p.to(tl.float32)
-            v = v.to(tl.float32)
-        acc = acc * alpha[:, None] + tl.dot(p, v, input_precision=PRECISION)
-        m_i = m_new
+        acc, m_i, l_i = online_softmax_step(s, v, m_i, l_i, acc, UPCAST, PRECISION)
     return acc, m_i, l_i
 
 
