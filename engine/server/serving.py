@@ -119,14 +119,14 @@ class OpenAIServing:
                             stop_reason=out.stop_reason)
         return ChatCompletionResponse(id=p.request_id, model=p.model, choices=[choice], usage=usage_of(out))
 
-    async def stream_completion(self, p: Admitted, include_usage: bool) -> AsyncIterator[str]:
+    def stream_completion(self, p: Admitted, include_usage: bool) -> AsyncIterator[str]:
         created = int(time.time())
 
         def chunk(choices: list[CompletionChoice], usage: Usage | None = None) -> str:
             c = CompletionChunk(id=p.request_id, created=created, model=p.model, choices=choices, usage=usage)
             return sse(c.model_dump_json(exclude=None if include_usage else {"usage"}))
 
-        try:
+        async def events() -> AsyncIterator[str]:
             async for out in p.stream:
                 if out.new_text or out.finished:
                     reason = out.finish_reason if out.finished else None
@@ -134,21 +134,17 @@ class OpenAIServing:
                                                   stop_reason=out.stop_reason)])
                 if out.finished and include_usage:
                     yield chunk([], usage_of(out))
-        except RuntimeError as e:
-            yield error_event(e)
-            return
-        finally:
-            p.stream.close()
-        yield sse("[DONE]")
 
-    async def stream_chat(self, p: Admitted, include_usage: bool) -> AsyncIterator[str]:
+        return framed(p, events())
+
+    def stream_chat(self, p: Admitted, include_usage: bool) -> AsyncIterator[str]:
         created = int(time.time())
 
         def chunk(choices: list[ChatStreamChoice], usage: Usage | None = None) -> str:
             c = ChatCompletionChunk(id=p.request_id, created=created, model=p.model, choices=choices, usage=usage)
             return sse(c.model_dump_json(exclude=None if include_usage else {"usage"}))
 
-        try:
+        async def events() -> AsyncIterator[str]:
             yield chunk([ChatStreamChoice(delta=DeltaMessage(role="assistant", content=""))])
             async for out in p.stream:
                 if out.new_text:
@@ -158,12 +154,22 @@ class OpenAIServing:
                                                   stop_reason=out.stop_reason)])
                     if include_usage:
                         yield chunk([], usage_of(out))
-        except RuntimeError as e:
-            yield error_event(e)
-            return
-        finally:
-            p.stream.close()
-        yield sse("[DONE]")
+
+        return framed(p, events())
+
+
+async def framed(p: Admitted, events: AsyncIterator[str]) -> AsyncIterator[str]:
+    """The SSE envelope both endpoints share: the events, [DONE], an error event if the engine failed, and the
+    request's stream closed whatever happens (a client gone mid-stream aborts the request)."""
+    try:
+        async for event in events:
+            yield event
+    except RuntimeError as e:
+        yield error_event(e)
+        return
+    finally:
+        p.stream.close()
+    yield sse("[DONE]")
 
 
 def error_event(e: Exception) -> str:
