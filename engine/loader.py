@@ -88,7 +88,8 @@ def init_random(model: nn.Module, seed: int) -> None:
 
 
 def bundled_config(name: str) -> dict:
-    path = os.path.join(CONFIGS_DIR, f"{name}.json")
+    """A config under engine/configs by name, or any config.json by path (`random:/path/config.json`)."""
+    path = name if name.endswith(".json") else os.path.join(CONFIGS_DIR, f"{name}.json")
     if not os.path.exists(path):
         names = sorted(p[:-5] for p in os.listdir(CONFIGS_DIR) if p.endswith(".json"))
         raise ValueError(f"no bundled config {name!r}; bundled: {', '.join(names)}")

@@ -179,6 +179,8 @@ def preflight(loaded: LoadedScenario, only: list[str] | None = None) -> list[str
             problems.append(f"{where}.launch: command not found: {argv[0]}")
         if b.kind == "paged":
             model = b.model_path or _served_model(argv)
+            if model and model.startswith("random:"):
+                model = model.split(":", 1)[1] if model.endswith(".json") else None
             looks_like_path = model and (os.sep in model or model.endswith(_MODEL_SUFFIXES) or model.startswith(("~", ".")))
             if looks_like_path and not resolve_path(model, base).exists():
                 field = "model_path" if b.model_path else "launch"

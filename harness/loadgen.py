@@ -39,9 +39,9 @@ class LevelPlan:
 def plans(sc: Scenario) -> list[LevelPlan]:
     ld = sc.load
     wait = (ld.wait_time_s[0], ld.wait_time_s[-1])
-    return [LevelPlan(label, ld.mode, c, r, ld.warmup_requests, ld.requests, ld.duration_s, ld.spawn_rate, wait,
+    return [LevelPlan(label, ld.mode, c, r, ld.warmup_requests, sc.requests_at(i), ld.duration_s, ld.spawn_rate, wait,
                       ld.arrival, ld.max_concurrency, ld.request_timeout_s, sc.workload.seed, ld.abort_after_errors)
-            for label, c, r in sc.levels()]
+            for i, (label, c, r) in enumerate(sc.levels())]
 
 
 OnRecord = Callable[[RequestRecord], None]
@@ -62,10 +62,10 @@ class LevelRun:
         self.connect_failures = 0
         self.in_flight: set[asyncio.Task] = set()
         self.deadline = float("inf")
+        self.limit: int | None = plan.total
 
     def _take(self) -> int | None:
-        p = self.plan
-        if self.abort.is_set() or time.perf_counter() >= self.deadline or (p.total is not None and self.next_k >= p.total):
+        if self.abort.is_set() or time.perf_counter() >= self.deadline or (self.limit is not None and self.next_k >= self.limit):
             return None
         k, self.next_k = self.next_k, self.next_k + 1
         return k
@@ -103,8 +103,8 @@ class LevelRun:
             if hi > 0:
                 await asyncio.sleep(rng.uniform(lo, hi))
 
-    async def _closed(self, start: float) -> None:
-        users = [asyncio.create_task(self._user(u, start)) for u in range(self.plan.concurrency or 1)]
+    async def _closed(self, start: float, users_n: int | None = None) -> None:
+        users = [asyncio.create_task(self._user(u, start)) for u in range(users_n or self.plan.concurrency or 1)]
         self.in_flight.update(users)
         await asyncio.gather(*users)
 
@@ -140,11 +140,18 @@ class LevelRun:
         gc.freeze()
         thresholds = gc.get_threshold()
         gc.set_threshold(50_000, 20, 100)
-        start = time.perf_counter()
-        if self.plan.duration_s:
-            self.deadline = start + self.plan.duration_s
+        p = self.plan
         try:
-            await (self._closed(start) if self.plan.mode == "closed" else self._open(start))
+            if p.warmup:
+                # Warm-up requests finish before the measured ones start, so none of them shares (or trails) the
+                # measured window: a trailing one would run alone and stretch the level's aggregate throughput.
+                self.limit = p.warmup
+                await self._closed(time.perf_counter(), min(p.warmup, p.concurrency or p.max_concurrency or p.warmup))
+                self.limit = p.total
+            start = time.perf_counter()
+            if p.duration_s:
+                self.deadline = start + p.duration_s
+            await (self._closed(start) if p.mode == "closed" else self._open(start))
         finally:
             for t in list(self.in_flight):
                 t.cancel()

@@ -39,6 +39,7 @@ class BackendRun(Row):
     name: str
     kind: Kind
     model: str
+    side: str | None = None
     url: str | None = None
     launched: bool = False
     launch_command: str | None = None

@@ -89,7 +89,7 @@ class Runner:
         while run_dir.exists():
             n += 1
             run_dir = self.out_dir / f"{run_id}-{n}"
-        backends = [BackendRun(name=b.name, kind=b.kind, model=b.model, url=b.url,
+        backends = [BackendRun(name=b.name, kind=b.kind, model=b.model, url=b.url, side=b.article_side,
                                launch_command=" ".join(b.launch) if isinstance(b.launch, list) else b.launch)
                     for b in self.sc.backends if not self.only or b.name in self.only]
         levels = [LevelInfo(label=p.label, mode=p.mode, concurrency=p.concurrency, rate=p.rate) for p in self.plans]

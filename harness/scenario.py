@@ -98,9 +98,10 @@ class Load(Strict):
         None, description="open loop: requests per second per level; a list is a sweep")
     arrival: Literal["poisson", "constant"] = "poisson"
     max_concurrency: PositiveInt | None = Field(None, description="open loop: cap on requests in flight")
-    requests: PositiveInt | None = Field(None, description="measured requests per level")
+    requests: Annotated[list[PositiveInt] | None, BeforeValidator(_as_list)] = Field(
+        None, description="measured requests per level; a list gives each level its own count")
     duration_s: PositiveFloat | None = Field(None, description="stop sending after this long per level")
-    warmup_requests: int = Field(0, ge=0, description="requests sent first at each level and not counted")
+    warmup_requests: int = Field(0, ge=0, description="requests sent (and finished) before each level is measured, not counted")
     request_timeout_s: PositiveFloat = 600.0
     sample_interval_s: PositiveFloat = 0.5
     cooldown_s: float = Field(0.0, ge=0, description="pause between levels")
@@ -112,6 +113,9 @@ class Load(Strict):
             raise ValueError("give `requests` or `duration_s` (or both) so each level stops")
         if len(self.wait_time_s) not in (1, 2) or self.wait_time_s[0] > self.wait_time_s[-1]:
             raise ValueError("wait_time_s is a number or [min, max] with min <= max")
+        levels = len(self.rate or []) if self.mode == "open" else len(self.concurrency)
+        if self.requests and len(self.requests) not in (1, levels):
+            raise ValueError(f"requests has {len(self.requests)} counts for {levels} levels; give one count or one per level")
         if self.mode == "open" and not self.rate:
             raise ValueError("mode: open needs `rate` (requests per second, or a list for a sweep)")
         if self.mode == "closed" and self.rate:
@@ -133,6 +137,9 @@ class BackendBase(Strict):
     env: dict[str, str] = Field(default_factory=dict, description="extra environment for a launched server")
     ready_timeout_s: PositiveFloat = 600.0
     stop_timeout_s: PositiveFloat = 30.0
+    article_side: Literal["ollama", "vllm"] | None = Field(
+        None, description="the article's column this backend is set beside: ollama (4-bit) or vllm (FP16); "
+                          "default by kind, ollama for `ollama` and vllm for the others")
 
     @model_validator(mode="after")
     def _where(self) -> BackendBase:
@@ -187,6 +194,10 @@ class Scenario(Strict):
         if dup:
             raise ValueError(f"backend names must be unique: {', '.join(dup)}")
         return self
+
+    def requests_at(self, level: int) -> int | None:
+        counts = self.load.requests
+        return None if not counts else counts[level if len(counts) > 1 else 0]
 
     def levels(self) -> list[tuple[str, int | None, float | None]]:
         if self.load.mode == "closed":

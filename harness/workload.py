@@ -82,7 +82,7 @@ class _Text:
 
 def default_num_prompts(sc: Scenario) -> int:
     load = sc.load
-    return load.warmup_requests + load.requests if load.requests else 1000
+    return load.warmup_requests + max(load.requests) if load.requests else 1000
 
 
 def _jsonl_items(w: Workload, base_dir: Path) -> list[dict[str, Any]]:

@@ -52,6 +52,7 @@ def test_closed_loop_keeps_exactly_c_in_flight_and_marks_warmup(fake):
     assert max_overlap(records) == 4
     by_send = sorted(records, key=lambda r: r.sent)
     assert [r.phase for r in by_send[:4]] == ["warmup"] * 4
+    assert max(r.finished for r in by_send[:4]) <= min(r.sent for r in by_send[4:]), "warm-up ends before measuring"
     assert sum(r.phase == "measure" for r in records) == 12
     assert sorted(r.index for r in records) == list(range(16))
     assert {r.user for r in records} == {0, 1, 2, 3}

@@ -112,10 +112,21 @@ def test_errors_name_file_field_and_reason(tmp_path):
     ("concurrency: 2", "give `requests` or `duration_s`"),
     ("rate: 2\n  requests: 5", "`rate` is for mode: open"),
     ("wait_time_s: [2, 1]\n  requests: 5", "wait_time_s is a number or [min, max]"),
+    ("concurrency: [1, 8, 64]\n  requests: [4, 16]", "requests has 2 counts for 3 levels"),
 ])
 def test_load_rules(tmp_path, load, needle):
     text = f"name: x\nbackends: [{{name: a, kind: openai, model: m, url: 'http://h'}}]\nload:\n  {load}\n"
     assert needle in error_of(write(tmp_path, text))
+
+
+def test_requests_per_level(tmp_path):
+    from harness.loadgen import plans
+
+    text = "name: x\nbackends: [{name: a, kind: openai, model: m, url: 'http://h'}]\n"
+    sc = load_scenario(write(tmp_path, text + "load: {concurrency: [1, 8, 64], requests: [4, 16, 64], warmup_requests: 1}\n")).scenario
+    assert [(p.label, p.requests, p.total) for p in plans(sc)] == [("c=1", 4, 5), ("c=8", 16, 17), ("c=64", 64, 65)]
+    sc = load_scenario(write(tmp_path, text + "load: {concurrency: [1, 8], requests: 5}\n")).scenario
+    assert [p.requests for p in plans(sc)] == [5, 5]
 
 
 def test_launch_needs_port_placeholder_or_url(tmp_path):

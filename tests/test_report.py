@@ -143,6 +143,33 @@ def test_memory_batching_and_claims(run: tuple[Path, dict]) -> None:
     assert ollama.cells["peak_memory"].claim == "VRAM 19–24 GB"
 
 
+def test_headlines_state_the_ratios_from_the_rows(run: tuple[Path, dict]) -> None:
+    run_dir, fx = run
+    e, o = expected(fx, "engine"), expected(fx, "ollama")
+    table = build_table([data.load(run_dir)], "en")
+    agg, single = table.headlines
+    assert agg.startswith("At c=4: engine produced") and f"{e['aggregate'] / o['aggregate']:.1f}× ollama" in agg
+    x = o["decode_low"] / e["decode_low"]
+    faster = f"{x:.2f}× faster than engine" if x >= 1 else f"{1 / x:.2f}× faster than ollama"
+    assert single.startswith("At c=1: one stream of") and faster in single and "5–15 tokens/s" in single
+    zh = build_table([data.load(run_dir)], "zh").headlines
+    assert len(zh) == 2 and "倍" in zh[0]
+    assert agg in build_report(run_dir).read_text()
+
+
+def test_a_4bit_openai_server_stands_on_the_ollama_side(run: tuple[Path, dict]) -> None:
+    """llama.cpp's llama-server is an `openai` backend but the article's 4-bit side: `article_side` says so."""
+    run_dir, _ = run
+    info = json.loads((run_dir / "run.json").read_text())
+    for b in info["backends"]:
+        if b["name"] == "ollama":
+            b["kind"], b["side"] = "openai", "ollama"
+    (run_dir / "run.json").write_text(json.dumps(info))
+    engine, llamacpp = build_table([data.load(run_dir)], "en").columns
+    assert llamacpp.kind == "openai" and llamacpp.side == "ollama" and engine.side == "vllm"
+    assert llamacpp.cells["decode_speed"].claim == "5–15 tokens/s"
+
+
 def test_advantages_follow_measurements(run: tuple[Path, dict]) -> None:
     run_dir, fx = run
     table = build_table([data.load(run_dir)], "en")

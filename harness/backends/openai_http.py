@@ -113,12 +113,15 @@ class OpenAIHttpBackend(Backend):
             raise BackendError(f"model {self.cfg.model!r} is not served at {self.url} (it serves: {', '.join(map(str, served))})")
         version = r.headers.get("server")
         info: dict[str, Any] = {"served_models": served}
-        for path in ("/version", "/info"):
+        for path in ("/version", "/info", "/props"):
             try:
                 resp = await self.control.get(path)
                 if resp.status_code == 200 and isinstance(data := resp.json(), dict):
                     if path == "/version":
                         version = str(data.get("version", data))
+                    elif path == "/props":
+                        version = f"llama.cpp {data['build_info']}" if data.get("build_info") else version
+                        info.update({k: data[k] for k in ("total_slots", "model_path") if k in data})
                     else:
                         info.update(data)
             except (httpx.HTTPError, ValueError):
@@ -146,7 +149,16 @@ class OpenAIHttpBackend(Backend):
     async def stream(self, item: WorkItem, rec: RequestRecord) -> None:
         http = self.pool.acquire()
         try:
-            await self._stream(http, item, rec)
+            try:
+                await self._stream(http, item, rec)
+            except httpx.RemoteProtocolError as e:
+                # A pooled keep-alive connection that the server had already closed (llama-server does) fails
+                # before any answer; as urllib3 does, such a request goes once more, on a new connection.
+                # A request that got any answer is never sent again.
+                if rec.first_token or "without sending a response" not in str(e):
+                    raise
+                rec.server["resent_after_stale_connection"] = True
+                await self._stream(http, item, rec)
         finally:
             self.pool.release(http)
 

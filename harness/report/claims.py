@@ -49,8 +49,7 @@ CLAIMS: dict[str, dict[str, tuple[str, str]]] = {
 }
 
 
-def claim(row_id: str, kind: str, lang: str) -> str:
-    side = ARTICLE_SIDE.get(kind)
+def claim(row_id: str, side: str, lang: str) -> str:
     pair = CLAIMS.get(row_id, {}).get(side or "")
     if pair is None:
         return ""

@@ -47,6 +47,7 @@ class Table:
     lang: str
     columns: list[Column]
     groups: list[tuple[str, list[tuple[str, str]]]]  # (group label, [(row id, row label)])
+    headlines: list[str] = field(default_factory=list)
 
     def row(self, row_id: str) -> list[Cell]:
         return [c.cells[row_id] for c in self.columns]
@@ -154,9 +155,10 @@ def _column(data: Run, backend: dict[str, Any], stats: pd.DataFrame, lang: str) 
     mem = metrics.memory(data, name)
     cells = {"advantage": Cell("—"), **_memory_cells(mem, kind, info, lang), **_speed_cells(mine, low, high, lang),
              **_batching_cells(low, high, mem, info, lang), **_deployment_cells(data, backend, info, lang)}
+    side = backend.get("side") or claims.ARTICLE_SIDE.get(kind, "")
     for row_id, cell in cells.items():
-        cell.claim = claims.claim(row_id, kind, lang)
-    return Column(run_id(data), name, kind, claims.ARTICLE_SIDE.get(kind, ""),
+        cell.claim = claims.claim(row_id, side, lang)
+    return Column(run_id(data), name, kind, side,
                   None if low is None else str(low["level"]), None if high is None else str(high["level"]),
                   mem.source, cells)
 
@@ -212,6 +214,36 @@ def _advantages(columns: list[Column], lang: str) -> None:
         c.cells["advantage"].value = float(len(wins[id(c)]))
 
 
+def _ratio(a: float | None, b: float | None) -> float | None:
+    ok = a is not None and b is not None and not pd.isna(a) and not pd.isna(b) and b > 0
+    return a / b if ok else None
+
+
+def headlines(columns: list[Column], lang: str) -> list[str]:
+    """Each FP16 backend against each 4-bit one, in sentences: aggregate throughput at their highest common level,
+    and one stream's decode speed at their lowest."""
+    out: list[str] = []
+    fp16 = [c for c in columns if c.side == "vllm"]
+    q4 = [c for c in columns if c.side == "ollama"]
+    for a in fp16:
+        for b in q4:
+            if a.high_level and a.high_level == b.high_level:
+                ta, tb = a.cells["aggregate"].value, b.cells["aggregate"].value
+                if (x := _ratio(ta, tb)) is not None:
+                    out.append(t("hl_aggregate", lang, level=a.high_level, a=a.backend, b=b.backend, ta=fmt_rate(ta),
+                                 tb=fmt_rate(tb), x=f"{x:.1f}"))
+    for a in fp16:
+        for b in q4:
+            if a.low_level and a.low_level == b.low_level:
+                ta, tb = a.cells["decode_speed"].values.get("lowest"), b.cells["decode_speed"].values.get("lowest")
+                if (x := _ratio(tb, ta)) is None:
+                    continue
+                key, x = ("hl_single_4bit", x) if x >= 1 else ("hl_single_fp16", 1 / x)
+                out.append(t(key, lang, level=a.low_level, a=a.backend, b=b.backend, ta=fmt_rate(ta), tb=fmt_rate(tb),
+                             x=f"{x:.2f}"))
+    return out
+
+
 def build_table(runs: list[Run], lang: str = "en") -> Table:
     if lang not in ("en", "zh"):
         raise ValueError(f"lang must be 'en' or 'zh', got {lang!r}")
@@ -222,4 +254,4 @@ def build_table(runs: list[Run], lang: str = "en") -> Table:
             columns.append(_column(data, backend, stats, lang))
     _advantages(columns, lang)
     groups = [(t(g, lang), [(r, t(r, lang)) for r in rows]) for g, rows in GROUPS]
-    return Table(lang, columns, groups)
+    return Table(lang, columns, groups, headlines(columns, lang))
