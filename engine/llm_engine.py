@@ -46,6 +46,7 @@ class LLMEngine:
         torch.manual_seed(self.config.seed)
         started = time.perf_counter()
         self.tp_group: TPGroup | None = None
+        self.teardown_stuck = False
         launch = TPLaunch(model, str(self.dtype).removeprefix("torch."), self.device.type,
                           self.config.tensor_parallel_size, 0, kwargs, hf_config, tokenizer)
         if launch.world_size > 1:
@@ -87,7 +88,9 @@ class LLMEngine:
 
     def close(self) -> None:
         if self.tp_group is not None:
+            self.runner.release_graphs()
             self.tp_group.shutdown()
+            self.teardown_stuck = self.tp_group.teardown_stuck
             self.tp_group = None
 
     @property

@@ -1,4 +1,5 @@
 """Owns the model and its KV pool; turns a scheduled batch into one forward pass and sampled tokens."""
+import gc
 import itertools
 from dataclasses import dataclass
 
@@ -59,6 +60,13 @@ class ModelRunner:
             self.graphs = DecodeGraphs(model, min(config.max_num_seqs, MAX_GRAPH_BATCH),
                                        -(-max_model_len // self.block_size), max_model_len, device)
             self.graphs.capture()
+
+    def release_graphs(self) -> None:
+        """Frees the decode graphs; under TP they hold captured all-reduces that NCCL's teardown waits on."""
+        if self.graphs is not None:
+            self.graphs = None
+            gc.collect()
+            torch.cuda.synchronize()
 
     def _count_blocks(self) -> int:
         if self.config.kv_cache_tokens is not None:

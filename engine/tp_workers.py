@@ -56,6 +56,33 @@ def init_rank(rank: int, launch: TPLaunch) -> torch.device:
     return device
 
 
+TEARDOWN_TIMEOUT_S = 15.0
+
+
+def teardown(timeout_s: float = TEARDOWN_TIMEOUT_S) -> bool:
+    """Ends this rank's process group; False if it did not end within timeout_s.
+
+    On two H200s (2026-11-26) NCCL's destroy, and its abort too, waited forever at shutdown with decode CUDA graphs
+    that had captured all-reduces still alive; the graphs are now released first, and the wait is bounded either
+    way so that no process hangs on its way out."""
+    if not dist.is_initialized():
+        return True
+    if dist.get_backend() != "nccl":
+        dist.destroy_process_group()
+        return True
+    torch.cuda.synchronize()
+    done = threading.Event()
+
+    def run() -> None:
+        try:
+            dist.destroy_process_group()
+        finally:
+            done.set()
+
+    threading.Thread(target=run, daemon=True, name="nccl-teardown").start()
+    return done.wait(timeout_s)
+
+
 def worker_main(rank: int, launch: TPLaunch) -> None:
     from engine.llm_engine import build_runner
 
@@ -74,7 +101,9 @@ def worker_main(rank: int, launch: TPLaunch) -> None:
             break
         with torch.inference_mode():
             runner.forward(box[0])
-    dist.destroy_process_group()
+    runner.release_graphs()
+    if not teardown():
+        os._exit(0)  # the rank's work is done; leave the stuck NCCL teardown to the driver
 
 
 class TPGroup:
@@ -91,6 +120,7 @@ class TPGroup:
                 os.environ.pop(k, None)
         self.failure: str | None = None
         self.closed = False
+        self.teardown_stuck = False
         threading.Thread(target=self._watch, daemon=True, name="tp-watch").start()
         atexit.register(self.shutdown)
 
@@ -119,10 +149,9 @@ class TPGroup:
             return
         self.closed = True
         if self.failure is None and dist.is_initialized():
-            # NCCL's teardown is collective: every rank must reach it together, so rank 0 does not wait first.
             try:
                 dist.broadcast_object_list([None], src=0)
-                dist.destroy_process_group()
+                self.teardown_stuck = not teardown()
             except Exception:
                 pass
         for p in self.procs:

@@ -68,3 +68,24 @@ def test_tp2_matches_tp1_on_two_gpus(tmp_path):
     with LLM(str(tmp_path), dtype="float32", device="cuda", kv_cache_tokens=8192, tensor_parallel_size=2) as llm:
         double = llm.generate(prompts, PARAMS)
     assert [o.token_ids for o in double] == [o.token_ids for o in single]
+
+
+@pytest.mark.parametrize("hangs", [False, True])
+def test_nccl_teardown_is_bounded(monkeypatch, hangs):
+    """A stuck NCCL destroy (seen on two H200s) costs at most the timeout, never the process."""
+    import threading
+    import time
+
+    import torch.distributed as dist
+
+    from engine import tp_workers
+
+    released = threading.Event()
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(dist, "get_backend", lambda *a: "nccl")
+    monkeypatch.setattr(tp_workers.torch.cuda, "synchronize", lambda *a: None)
+    monkeypatch.setattr(dist, "destroy_process_group", (lambda: released.wait(5)) if hangs else (lambda: None))
+    start = time.monotonic()
+    assert tp_workers.teardown(timeout_s=0.3) is (not hangs)
+    assert time.monotonic() - start < 2.0
+    released.set()

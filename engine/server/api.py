@@ -1,10 +1,12 @@
 """The FastAPI app: OpenAI routes under /v1, plus /health, /version, /info and /metrics."""
 import asyncio
+import re
 import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager, suppress
 from importlib import metadata
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -40,7 +42,10 @@ def engine_version() -> str:
     try:
         return metadata.version("pagebench")
     except metadata.PackageNotFoundError:
-        return "0+unknown"
+        # Run from a source tree that was never installed (a copy on a GPU host): the version it declares.
+        pyproject = Path(__file__).resolve().parents[2] / "pyproject.toml"
+        match = re.search(r'^version\s*=\s*"([^"]+)"', pyproject.read_text(), re.M) if pyproject.exists() else None
+        return f"{match.group(1)}+source" if match else "0+unknown"
 
 
 def engine_info(core: LLMEngine, served_model_names: list[str]) -> dict[str, Any]:

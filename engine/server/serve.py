@@ -1,5 +1,6 @@
 """`engine serve`: load the model, say what memory it took, serve the app on uvicorn, say when it is ready."""
 import logging
+import os
 from dataclasses import dataclass, field
 
 import uvicorn
@@ -77,3 +78,8 @@ def serve(args: ServeArgs) -> None:
              f"(weights {human_bytes(core.weights_bytes)}, KV cache {human_bytes(core.runner.kv_cache_bytes)}"
              f"{', API key required' if args.api_key else ''})")
     ReadyServer(config, ready).run()
+    if core.teardown_stuck:
+        # The app closed the engine; only NCCL's teardown is left, stuck in a thread that would hold the exit.
+        logger.warning("NCCL teardown did not finish; exiting without it")
+        logging.shutdown()
+        os._exit(0)
