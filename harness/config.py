@@ -59,7 +59,10 @@ def _apply_set(data: dict, assignment: str) -> None:
     if "=" not in assignment:
         raise ScenarioError(f"--set {assignment!r}: expected KEY=VALUE, e.g. backends.0.url=http://127.0.0.1:8000")
     key, raw = assignment.split("=", 1)
-    value = yaml.safe_load(raw) if raw else ""
+    try:
+        value = yaml.safe_load(raw) if raw else ""
+    except yaml.YAMLError:
+        value = raw  # not YAML (a launch command starting with "{python}", say): the text as given
     parts = key.split(".")
     node: Any = data
     for i, part in enumerate(parts):

@@ -67,6 +67,11 @@ def test_env_expansion_and_set_overrides(tmp_path, monkeypatch):
     assert loaded.raw_bytes == path.read_bytes()
 
 
+def test_set_value_that_is_not_yaml_is_taken_as_text(tmp_path):
+    loaded = load_scenario(write(tmp_path, GOOD), ["backends.engine.launch={python} -m engine.cli serve demo --port {port}"])
+    assert loaded.scenario.backends[0].launch == "{python} -m engine.cli serve demo --port {port}"
+
+
 def test_unset_variable_without_default_names_field(tmp_path, monkeypatch):
     monkeypatch.delenv("NO_SUCH_VAR_PB", raising=False)
     text = GOOD.replace("${TEST_OLLAMA_URL:-http://127.0.0.1:11434}", "${NO_SUCH_VAR_PB}")
