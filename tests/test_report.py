@@ -314,6 +314,8 @@ def test_compare_two_runs(tmp_path: Path) -> None:
     cells = parse(out.read_text(encoding="utf-8"))
     assert cells.backends == ["engine", "ollama", "engine", "ollama"]
     assert all(len(v) == 4 for v in cells.rows.values())
+    # ratios only within a run: each engine against the Ollama measured on its own host
+    assert len(build_table([data.load(a), data.load(b)], "en").headlines) == 4
     series = charts.series_for([data.load(a), data.load(b)])
     assert len({s.color for s in series}) == 4 and all(a.name in s.label or b.name in s.label for s in series)
 

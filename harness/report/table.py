@@ -220,27 +220,24 @@ def _ratio(a: float | None, b: float | None) -> float | None:
 
 
 def headlines(columns: list[Column], lang: str) -> list[str]:
-    """Each FP16 backend against each 4-bit one, in sentences: aggregate throughput at their highest common level,
-    and one stream's decode speed at their lowest."""
+    """Each FP16 backend against each 4-bit one among one run's columns (one host), in sentences: aggregate
+    throughput at their highest common level, and one stream's decode speed at their lowest."""
     out: list[str] = []
-    fp16 = [c for c in columns if c.side == "vllm"]
-    q4 = [c for c in columns if c.side == "ollama"]
-    for a in fp16:
-        for b in q4:
-            if a.high_level and a.high_level == b.high_level:
-                ta, tb = a.cells["aggregate"].value, b.cells["aggregate"].value
-                if (x := _ratio(ta, tb)) is not None:
-                    out.append(t("hl_aggregate", lang, level=a.high_level, a=a.backend, b=b.backend, ta=fmt_rate(ta),
-                                 tb=fmt_rate(tb), x=f"{x:.1f}"))
-    for a in fp16:
-        for b in q4:
-            if a.low_level and a.low_level == b.low_level:
-                ta, tb = a.cells["decode_speed"].values.get("lowest"), b.cells["decode_speed"].values.get("lowest")
-                if (x := _ratio(tb, ta)) is None:
-                    continue
-                key, x = ("hl_single_4bit", x) if x >= 1 else ("hl_single_fp16", 1 / x)
-                out.append(t(key, lang, level=a.low_level, a=a.backend, b=b.backend, ta=fmt_rate(ta), tb=fmt_rate(tb),
-                             x=f"{x:.2f}"))
+    pairs = [(a, b) for a in columns if a.side == "vllm" for b in columns if b.side == "ollama"]
+    for a, b in pairs:
+        if a.high_level and a.high_level == b.high_level:
+            ta, tb = a.cells["aggregate"].value, b.cells["aggregate"].value
+            if (x := _ratio(ta, tb)) is not None:
+                out.append(t("hl_aggregate", lang, level=a.high_level, a=a.backend, b=b.backend, ta=fmt_rate(ta),
+                             tb=fmt_rate(tb), x=f"{x:.1f}"))
+    for a, b in pairs:
+        if a.low_level and a.low_level == b.low_level:
+            ta, tb = a.cells["decode_speed"].values.get("lowest"), b.cells["decode_speed"].values.get("lowest")
+            if (x := _ratio(tb, ta)) is None:
+                continue
+            key, x = ("hl_single_4bit", x) if x >= 1 else ("hl_single_fp16", 1 / x)
+            out.append(t(key, lang, level=a.low_level, a=a.backend, b=b.backend, ta=fmt_rate(ta), tb=fmt_rate(tb),
+                         x=f"{x:.2f}"))
     return out
 
 
@@ -248,10 +245,13 @@ def build_table(runs: list[Run], lang: str = "en") -> Table:
     if lang not in ("en", "zh"):
         raise ValueError(f"lang must be 'en' or 'zh', got {lang!r}")
     columns: list[Column] = []
+    heads: list[str] = []
     for data in runs:
         stats = metrics.level_stats(data)
-        for backend in backends(data):
-            columns.append(_column(data, backend, stats, lang))
+        mine = [_column(data, backend, stats, lang) for backend in backends(data)]
+        prefix = f"{run_id(data)}: " if len(runs) > 1 else ""
+        heads += [prefix + h for h in headlines(mine, lang)]
+        columns += mine
     _advantages(columns, lang)
     groups = [(t(g, lang), [(r, t(r, lang)) for r in rows]) for g, rows in GROUPS]
-    return Table(lang, columns, groups, headlines(columns, lang))
+    return Table(lang, columns, groups, heads)
