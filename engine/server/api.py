@@ -1,5 +1,6 @@
 """The FastAPI app: OpenAI routes under /v1, plus /health, /version, /info and /metrics."""
 import asyncio
+import functools
 import re
 import secrets
 import time
@@ -38,6 +39,7 @@ STREAMED = {200: {"content": {"text/event-stream": {"schema": SSE_EVENT}},
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
+@functools.cache
 def engine_version() -> str:
     try:
         return metadata.version("pagebench")
