@@ -1,34 +1,21 @@
 """Owns the model and its KV pool; turns a scheduled batch into one forward pass and sampled tokens."""
 import gc
 import itertools
-from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 
+from engine import step_inputs
 from engine.attention import AttentionMetadata, get_backend
 from engine.config import EngineConfig, ModelConfig
-from engine.cuda_graphs import MAX_GRAPH_BATCH, DecodeGraphs
-from engine.parallel import tp_size
+from engine.cuda_graphs import MAX_GRAPH_BATCH, DecodeGraphs, host_tensor
+from engine.custom_all_reduce import try_custom_all_reduce
+from engine.parallel import set_custom_all_reduce, tp_size
 from engine.sampler import Sampler
 from engine.scheduler import ScheduledBatch
+from engine.step_inputs import StepInputs
 
 CPU_KV_BUDGET_BYTES = 2 << 30
-
-
-@dataclass(slots=True)
-class StepInputs:
-    """Plain lists, so rank 0 can broadcast a step to tensor-parallel workers."""
-
-    input_ids: list[int]
-    positions: list[int]
-    slot_mapping: list[int]
-    block_tables: list[list[int]]
-    seq_lens: list[int]
-    query_start_loc: list[int]
-    num_decodes: int
-    max_query_len: int
-    sample_rows: list[int]
 
 
 class ModelRunner:
@@ -46,6 +33,7 @@ class ModelRunner:
         self.attn_layers = [m for m in model.modules() if hasattr(m, "k_cache")]
         kv = self.attn_layers[0]
         self.kv_bytes_per_token = 2 * len(self.attn_layers) * kv.num_kv_heads * kv.head_dim * dtype.itemsize
+        self.all_reduce = self._init_all_reduce()
         self.num_blocks = self._count_blocks()
         shape = (self.num_blocks, self.block_size, kv.num_kv_heads, kv.head_dim)
         for layer in self.attn_layers:
@@ -61,8 +49,20 @@ class ModelRunner:
                                        -(-max_model_len // self.block_size), max_model_len, device)
             self.graphs.capture()
 
+    def _init_all_reduce(self) -> str:
+        if tp_size() == 1:
+            return "none"
+        if self.config.disable_custom_all_reduce:
+            return "nccl (custom all-reduce disabled)" if self.device.type == "cuda" else "gloo"
+        comm, why = try_custom_all_reduce(self.device, self.dtype)
+        set_custom_all_reduce(comm)
+        if comm is None:
+            return f"nccl ({why})" if self.device.type == "cuda" else "gloo"
+        return f"one-shot over symmetric memory up to {comm.max_bytes >> 20} MiB, then nccl"
+
     def release_graphs(self) -> None:
         """Frees the decode graphs; under TP they hold captured all-reduces that NCCL's teardown waits on."""
+        set_custom_all_reduce(None)
         if self.graphs is not None:
             self.graphs = None
             gc.collect()
@@ -131,10 +131,9 @@ class ModelRunner:
     def forward(self, step: StepInputs) -> torch.Tensor | None:
         size = self.graphs.size_for(len(step.input_ids), step.num_decodes) if self.graphs else None
         if size is not None:
-            hidden = self.graphs.run(size, step.input_ids, step.positions, step.slot_mapping, step.seq_lens,
-                                     step.block_tables)
-        else:
-            hidden = self._eager(step)
+            return self.graphs.run(size, step.input_ids, step.positions, step.slot_mapping, step.seq_lens,
+                                   step.block_tables)
+        hidden = self._eager(step)
         if not step.sample_rows:
             return None
         if len(step.sample_rows) != hidden.size(0):
@@ -159,7 +158,7 @@ class ModelRunner:
     def execute(self, batch: ScheduledBatch, eos_token_ids: list[int]) -> list[int | None]:
         step = self.prepare(batch)
         if tp_size() > 1:
-            dist.broadcast_object_list([step], src=0)
+            step_inputs.send(step)
         logits = self.forward(step)
         if logits is None:
             return [None] * len(batch.seqs)
@@ -170,5 +169,5 @@ class ModelRunner:
 
 
 def _to(values: list, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    t = torch.tensor(values, dtype=dtype)
+    t = host_tensor(values, dtype)
     return t if device.type == "cpu" else t.pin_memory().to(device, non_blocking=True)

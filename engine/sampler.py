@@ -10,11 +10,13 @@ class Sampler:
         self.seeded: dict[str, torch.Generator] = {}
 
     def __call__(self, logits: torch.Tensor, seqs: list[Sequence], eos_token_ids: list[int]) -> list[int]:
-        logits = logits.float()
-        self._mask_early_stops(logits, seqs, eos_token_ids)
         greedy = [s.params.temperature == 0.0 for s in seqs]
         if all(greedy):
+            # bf16 to fp32 is exact, so the argmax is the same without the conversion kernel.
+            self._mask_early_stops(logits, seqs, eos_token_ids)
             return logits.argmax(dim=-1).tolist()
+        logits = logits.float()
+        self._mask_early_stops(logits, seqs, eos_token_ids)
         temps = torch.tensor([s.params.temperature or 1.0 for s in seqs], device=logits.device)
         logits = logits / temps.unsqueeze(1)
         logits = _top_k_top_p(logits, [s.params.top_k for s in seqs], [s.params.top_p for s in seqs])

@@ -14,6 +14,8 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
+from engine import step_inputs
+
 # Multicast over NVLink can take a shared host's GPUs out of service; never let NCCL use it.
 SAFE_ENV = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
 
@@ -52,8 +54,14 @@ def init_rank(rank: int, launch: TPLaunch) -> torch.device:
     else:
         device, backend = torch.device("cpu"), "gloo"
     dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{launch.port}", rank=rank,
-                            world_size=launch.world_size, timeout=timedelta(minutes=10))
+                            world_size=launch.world_size, timeout=timedelta(seconds=collective_timeout_s()))
+    step_inputs.open_channel()
     return device
+
+
+def collective_timeout_s() -> float:
+    """How long one collective inside a step may wait for the other ranks before the rank gives up."""
+    return float(os.environ.get("PAGEBENCH_TP_COLLECTIVE_TIMEOUT_S", 600))
 
 
 TEARDOWN_TIMEOUT_S = 15.0
@@ -67,6 +75,7 @@ def teardown(timeout_s: float = TEARDOWN_TIMEOUT_S) -> bool:
     way so that no process hangs on its way out."""
     if not dist.is_initialized():
         return True
+    step_inputs.close_channel()
     if dist.get_backend() != "nccl":
         dist.destroy_process_group()
         return True
@@ -94,13 +103,9 @@ def worker_main(rank: int, launch: TPLaunch) -> None:
 
     device = init_rank(rank, launch)
     runner = build_runner(launch, device)
-    while True:
-        box: list = [None]
-        dist.broadcast_object_list(box, src=0)
-        if box[0] is None:
-            break
+    while (step := step_inputs.receive()) is not None:
         with torch.inference_mode():
-            runner.forward(box[0])
+            runner.forward(step)
     runner.release_graphs()
     if not teardown():
         os._exit(0)  # the rank's work is done; leave the stuck NCCL teardown to the driver
@@ -150,10 +155,13 @@ class TPGroup:
         self.closed = True
         if self.failure is None and dist.is_initialized():
             try:
-                dist.broadcast_object_list([None], src=0)
-                self.teardown_stuck = not teardown()
+                step_inputs.send(None)
             except Exception:
                 pass
+            self.teardown_stuck = not teardown()
         for p in self.procs:
             p.join(timeout=10)
         self._kill()
+        if self.failure is not None:
+            # With its peers gone this process's group must still end, or no later engine here can start one.
+            self.teardown_stuck = not teardown()

@@ -60,6 +60,7 @@ def engine_info(core: LLMEngine, served_model_names: list[str]) -> dict[str, Any
         "prefix_caching": cfg.enable_prefix_caching, "kv_blocks_total": core.runner.num_blocks,
         "kv_cache_bytes": core.runner.kv_cache_bytes, "weights_bytes": core.weights_bytes,
         "load_seconds": round(core.load_seconds, 3), "torch": torch.__version__,
+        "tensor_parallel_size": cfg.tensor_parallel_size, "all_reduce": core.runner.all_reduce,
     }
 
 

@@ -43,10 +43,12 @@ def memory_line(core: LLMEngine) -> str:
     r = core.runner
     bs = core.config.block_size
     quant = f", from {core.quantization}" if core.quantization else ""
+    tp = (f"; {core.config.tensor_parallel_size} ranks, all-reduce: {r.all_reduce}"
+          if core.config.tensor_parallel_size > 1 else "")
     return (f"loaded {core.source} in {core.load_seconds:.1f} s: weights {human_bytes(core.weights_bytes)} "
             f"({str(core.dtype).removeprefix('torch.')} on {core.device}{quant}); KV cache "
             f"{human_bytes(r.kv_cache_bytes)} ({r.num_blocks} blocks x {bs} tokens = {r.num_blocks * bs} tokens); "
-            f"context {core.max_model_len} tokens")
+            f"context {core.max_model_len} tokens{tp}")
 
 
 class ReadyServer(uvicorn.Server):
