@@ -1,6 +1,6 @@
 """Tensor parallelism on the GPUs of one host (issue 8): decode speed with the custom all-reduce and with NCCL alone.
 
-For each all-reduce choice, one engine of the shape over --tp GPUs: decode at batch 1 (128-token prompt, 256 new
+For each all-reduce choice (and with asynchronous scheduling on or off), one engine of the shape over --tp GPUs: decode at batch 1 (128-token prompt, 256 new
 tokens), the steady decode step at batch 64 with 1,024-token contexts, a torch-profiler split of both steps on
 rank 0 (GPU kernel time by kind against wall time), and how long the engine takes to shut down. Prints JSON lines
 and writes them all to --out:
@@ -64,7 +64,7 @@ def host_profile(e: LLMEngine, steps: int, top: int = 25) -> list[dict]:
             for fn, v in rows]
 
 
-def at_batch(e: LLMEngine, batch: int, context: int, steps: int) -> dict:
+def at_batch(e: LLMEngine, batch: int, context: int, steps: int, profile: bool = True) -> dict:
     rng = random.Random(batch)
     for _ in range(batch):
         e.add_request(None, rand_prompt(rng, context, e.model_config.vocab_size),
@@ -72,20 +72,23 @@ def at_batch(e: LLMEngine, batch: int, context: int, steps: int) -> dict:
     while e.scheduler.waiting or e.pending or any(s.num_computed_tokens < s.num_prompt_tokens for s in e.scheduler.running):
         e.step()
     steady_steps(e, 5)
-    result = {"batch": batch, "context": context, "ms_per_step": round(steady_steps(e, steps) * 1e3, 3),
-              "profile": profiled(e, steps), "host_profile": host_profile(e, steps)}
+    result = {"batch": batch, "context": context, "ms_per_step": round(steady_steps(e, steps) * 1e3, 3)}
+    if profile:
+        result |= {"profile": profiled(e, steps), "host_profile": host_profile(e, steps)}
     for request_id in list(e.seqs):
         e.abort_request(request_id)
     e.step()
     return result
 
 
-def run(shape: str, tp: int, custom: bool, bw: float) -> dict:
+def run(shape: str, tp: int, custom: bool, async_scheduling: bool, bw: float, profile: bool) -> dict:
     started = time.perf_counter()
     llm = LLM.from_config(shape, dtype="bfloat16", device="cuda", tensor_parallel_size=tp, max_num_seqs=64,
-                          max_model_len=4096, kv_cache_fraction=0.92, disable_custom_all_reduce=not custom)
+                          max_model_len=4096, kv_cache_fraction=0.92, disable_custom_all_reduce=not custom,
+                          async_scheduling=async_scheduling)
     e = llm.engine
     result = {"shape": shape, "tensor_parallel_size": tp, "all_reduce": e.runner.all_reduce,
+              "async_scheduling": async_scheduling,
               "start_s": round(time.perf_counter() - started, 1),
               "weights_gb_per_gpu": round(e.weights_bytes_per_rank / 1e9, 2),
               "floor_ms_per_step": round(e.weights_bytes_per_rank / bw * 1e3, 3)}
@@ -95,8 +98,8 @@ def run(shape: str, tp: int, custom: bool, bw: float) -> dict:
     decode_s = out.metrics.finish_time - out.metrics.first_token_time
     result["batch1_decode_tokens_per_s"] = round(255 / decode_s, 1)
     result["batch1_ms_per_step"] = round(decode_s / 255 * 1e3, 3)
-    result["batch1"] = at_batch(e, 1, 128, 30)
-    result["batch64"] = at_batch(e, 64, 1024, 20)
+    result["batch1"] = at_batch(e, 1, 128, 30, profile)
+    result["batch64"] = at_batch(e, 64, 1024, 20, profile)
     t = time.perf_counter()
     llm.close()
     result["close_s"] = round(time.perf_counter() - t, 2)
@@ -111,6 +114,8 @@ def main() -> None:
     ap.add_argument("--shape", default="qwen2.5-32b")
     ap.add_argument("--tp", type=int, default=2)
     ap.add_argument("--all-reduce", default="custom,nccl", help="comma-separated: custom, nccl")
+    ap.add_argument("--async-scheduling", default="on", help="comma-separated: on, off")
+    ap.add_argument("--no-profile", action="store_true", help="timings only, no profiler passes")
     ap.add_argument("--out", default="tp_bench.json")
     args = ap.parse_args()
     props = torch.cuda.get_device_properties(0)
@@ -119,8 +124,9 @@ def main() -> None:
            "gpus": torch.cuda.device_count(), "torch": torch.__version__, "copy_bandwidth_tb_s": round(bw / 1e12, 3),
            "runs": []}
     print(json.dumps({k: v for k, v in res.items() if k != "runs"}), flush=True)
-    for choice in args.all_reduce.split(","):
-        res["runs"].append(run(args.shape, args.tp, choice == "custom", bw))
+    variants = [(ar, overlap) for ar in args.all_reduce.split(",") for overlap in args.async_scheduling.split(",")]
+    for choice, overlap in variants:
+        res["runs"].append(run(args.shape, args.tp, choice == "custom", overlap == "on", bw, not args.no_profile))
         print(json.dumps(res["runs"][-1]), flush=True)
         with open(args.out, "w") as f:
             json.dump(res, f, indent=2)

@@ -33,6 +33,9 @@ def serve(
     tensor_parallel_size: Annotated[int, typer.Option(min=1, help="GPUs (or CPU processes) to shard over")] = 1,
     disable_custom_all_reduce: Annotated[bool, typer.Option(
         "--disable-custom-all-reduce", help="with tensor parallelism, send every all-reduce through NCCL")] = False,
+    async_scheduling: Annotated[bool, typer.Option(
+        "--async-scheduling/--no-async-scheduling",
+        help="schedule and launch the next step before reading this step's tokens (experimental)")] = False,
     tokenizer: Annotated[str | None, typer.Option(help="tokenizer (HF directory or GGUF) for random: models")] = None,
     seed: Annotated[int, typer.Option(help="seed for random weights and unseeded sampling")] = 0,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error")] = "info",
@@ -46,7 +49,7 @@ def serve(
                          kv_cache_tokens=kv_cache_tokens, max_model_len=max_model_len,
                          enable_prefix_caching=not no_prefix_caching, seed=seed,
                          tensor_parallel_size=tensor_parallel_size,
-                         disable_custom_all_reduce=disable_custom_all_reduce)
+                         disable_custom_all_reduce=disable_custom_all_reduce, async_scheduling=async_scheduling)
     args = ServeArgs(model, host, port, api_key, list(served_model_name or []), max_waiting, tokenizer,
                      log_level.lower(), access_log, engine_kwargs)
     try:

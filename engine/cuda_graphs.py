@@ -48,8 +48,9 @@ class DecodeGraphs:
             return None
         return next((b for b in self.sizes if b >= num_tokens), None)
 
-    def run(self, size: int, ids: list[int], positions: list[int], slots: list[int], seq_lens: list[int],
-            block_tables: list[list[int]]) -> torch.Tensor:
+    def stage(self, size: int, ids: list[int], positions: list[int], slots: list[int], seq_lens: list[int],
+              block_tables: list[list[int]]) -> torch.Tensor:
+        """Copies a step's inputs into the graph's buffers; returns the token-id buffer for last-moment fills."""
         n = len(ids)
         pad = size - n
         host = host_tensor([ids + [0] * pad, positions + [0] * pad, slots + [-1] * pad], torch.int64)
@@ -57,6 +58,9 @@ class DecodeGraphs:
         self.seq_lens[:size].copy_(host_tensor(seq_lens + [0] * pad, torch.int32).pin_memory(), non_blocking=True)
         tables = host_tensor(block_tables, torch.int32)
         self.block_tables[:n, : tables.size(1)].copy_(tables.pin_memory(), non_blocking=True)
+        return self.input_ids
+
+    def replay(self, size: int, n: int) -> torch.Tensor:
         graph, out = self.graphs[size]
         graph.replay()
         return out[:n]

@@ -2,6 +2,7 @@
 import itertools
 import time
 from collections import deque
+from dataclasses import dataclass
 
 import torch
 
@@ -12,8 +13,8 @@ from engine.model_loader import load_model, read_model_config
 from engine.model_runner import ModelRunner
 from engine.outputs import EngineStats, RequestOutput
 from engine.sampling_params import SamplingParams
-from engine.scheduler import Scheduler
-from engine.sequence import RequestMetrics, Sequence
+from engine.scheduler import ScheduledBatch, Scheduler
+from engine.sequence import PENDING, RequestMetrics, Sequence, SequenceStatus
 from engine.tp_workers import TPGroup, TPLaunch, check_divisible, free_port, init_rank
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
@@ -35,6 +36,16 @@ def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of auto, {', '.join(DTYPES)}; got {dtype!r}")
     return DTYPES[dtype]
+
+
+@dataclass(slots=True)
+class InFlight:
+    """A launched step whose sampled tokens the host has not read yet."""
+
+    batch: ScheduledBatch
+    sampled: list[Sequence]
+    positions: list[int]
+    tokens: torch.Tensor | None
 
 
 class LLMEngine:
@@ -70,6 +81,7 @@ class LLMEngine:
         self.detokenizers: dict[str, IncrementalDetokenizer] = {}
         self.pending: deque[tuple[str, object]] = deque()
         self.finished_outputs: list[RequestOutput] = []
+        self.inflight: InFlight | None = None
         self.ids = itertools.count()
         self.prompt_tokens_total = 0
         self.generation_tokens_total = 0
@@ -146,7 +158,7 @@ class LLMEngine:
         self.pending.append(("abort", request_id))
 
     def has_unfinished_requests(self) -> bool:
-        return bool(self.pending or self.scheduler.has_unfinished() or self.finished_outputs)
+        return bool(self.pending or self.scheduler.has_unfinished() or self.finished_outputs or self.inflight)
 
     def _drain_pending(self) -> None:
         while self.pending:
@@ -160,44 +172,77 @@ class LLMEngine:
                 self._finish(seq, "abort")
 
     def step(self) -> list[RequestOutput]:
+        """Schedules and launches a step and reads its sampled tokens.
+
+        With async_scheduling the tokens read are the previous step's, while the GPU runs this one: the next step's
+        inputs take the unread tokens on the GPU, and a sequence that turns out to have stopped drops its extra one."""
         self._drain_pending()
         outputs, self.finished_outputs = self.finished_outputs, []
         batch = self.scheduler.schedule()
-        if not batch:
-            return outputs
+        previous, self.inflight = self.inflight, None
+        try:
+            launched = self._launch(batch, previous) if batch else None
+        finally:
+            if previous is not None:
+                outputs.extend(self._complete(previous))
+        if launched is not None and not self.config.async_scheduling:
+            outputs.extend(self._complete(launched))
+        else:
+            self.inflight = launched
+        self._track_peak()
+        return outputs
+
+    def _launch(self, batch: ScheduledBatch, previous: InFlight | None) -> InFlight:
         now = time.time()
         for seq in batch.seqs:
             if seq.metrics.first_scheduled_time is None:
                 seq.metrics.first_scheduled_time = now
         if self.tp_group is not None:
             self.tp_group.check()
-        sampled = self.runner.execute(batch, self.eos_token_ids)
-        now = time.time()
-        for seq, n, token in zip(batch.seqs, batch.num_new_tokens, sampled):
+        pending = {id(s): row for row, s in enumerate(previous.sampled)} if previous else {}
+        tokens, sampled = self.runner.launch(batch, self.eos_token_ids, pending)
+        for seq, n in zip(batch.seqs, batch.num_new_tokens):
             seq.num_computed_tokens += n
-            self.block_manager.cache_full_blocks(seq)
-            if token is None:
-                continue
-            if seq.num_output_tokens == 0:
+        positions = []
+        for seq in sampled:
+            positions.append(len(seq.token_ids))
+            seq.token_ids.append(PENDING)
+            seq.last_token_pending = (seq.num_output_tokens >= seq.params.max_tokens
+                                      or seq.num_tokens >= self.max_model_len)
+        return InFlight(batch, sampled, positions, tokens)
+
+    def _complete(self, step: InFlight) -> list[RequestOutput]:
+        values = step.tokens.tolist() if step.tokens is not None else []
+        now = time.time()
+        live = [(seq, pos, token) for seq, pos, token in zip(step.sampled, step.positions, values)
+                if seq.status is not SequenceStatus.FINISHED]
+        for seq, pos, token in live:
+            seq.token_ids[pos] = token
+        for seq in step.batch.seqs:
+            if seq.status is SequenceStatus.RUNNING:
+                self.block_manager.cache_full_blocks(seq)
+        outputs: list[RequestOutput] = []
+        for seq, pos, token in live:
+            seq.last_token_pending = False
+            num_output = pos + 1 - seq.num_prompt_tokens
+            if num_output == 1:
                 seq.metrics.first_token_time = now
                 self.prompt_tokens_total += seq.num_prompt_tokens
-            seq.token_ids.append(token)
             self.generation_tokens_total += 1
-            reason = self._check_stop(seq, token)
+            reason = self._check_stop(seq, token, num_output)
             detok = self.detokenizers[seq.request_id]
             if reason is None:
-                outputs.append(self._output(seq, [token], detok.take(False) if detok else ""))
+                outputs.append(self._output(seq, [token], detok.take(False) if detok else "", num_output))
             else:
                 self._finish(seq, reason)
                 outputs.extend(self.finished_outputs)
                 self.finished_outputs = []
-        self._track_peak()
         return outputs
 
-    def _check_stop(self, seq: Sequence, token: int) -> str | None:
+    def _check_stop(self, seq: Sequence, token: int, num_output: int) -> str | None:
         p = seq.params
         detok = self.detokenizers[seq.request_id]
-        past_min = seq.num_output_tokens >= p.min_tokens
+        past_min = num_output >= p.min_tokens
         stop_str = detok.add(token, check_stop=past_min) if detok else None
         if past_min:
             if not p.ignore_eos and token in self.eos_token_ids:
@@ -208,24 +253,25 @@ class LLMEngine:
             if stop_str is not None:
                 seq.stop_reason = stop_str
                 return "stop"
-        if seq.num_output_tokens >= p.max_tokens or seq.num_tokens >= self.max_model_len:
+        if num_output >= p.max_tokens or seq.num_prompt_tokens + num_output >= self.max_model_len:
             return "length"
         return None
 
     def _finish(self, seq: Sequence, reason: str) -> None:
+        seq.drop_pending()
         self.scheduler.finish(seq, reason)
         self.runner.sampler.release(seq.request_id)
         seq.metrics.finish_time = time.time()
         detok = self.detokenizers.pop(seq.request_id)
         del self.seqs[seq.request_id]
         new_tokens = seq.output_token_ids[-1:] if reason != "abort" else []
-        out = self._output(seq, new_tokens, detok.take(True) if detok else "")
+        out = self._output(seq, new_tokens, detok.take(True) if detok else "", seq.num_output_tokens)
         out.token_ids = seq.output_token_ids
         out.text = detok.text if detok else ""
         self.finished_outputs.append(out)
 
-    def _output(self, seq: Sequence, new_tokens: list[int], new_text: str) -> RequestOutput:
-        return RequestOutput(seq.request_id, seq.prompt_token_ids, new_tokens, new_text, seq.num_output_tokens,
+    def _output(self, seq: Sequence, new_tokens: list[int], new_text: str, num_output: int) -> RequestOutput:
+        return RequestOutput(seq.request_id, seq.prompt_token_ids, new_tokens, new_text, num_output,
                              seq.is_finished, seq.finish_reason, seq.metrics, seq.stop_reason)
 
     def _track_peak(self) -> None:

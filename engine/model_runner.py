@@ -13,6 +13,7 @@ from engine.custom_all_reduce import try_custom_all_reduce
 from engine.parallel import set_custom_all_reduce, tp_size
 from engine.sampler import Sampler
 from engine.scheduler import ScheduledBatch
+from engine.sequence import PENDING, Sequence
 from engine.step_inputs import StepInputs
 
 CPU_KV_BUDGET_BYTES = 2 << 30
@@ -42,6 +43,7 @@ class ModelRunner:
             layer.backend = self.backend
         self.kv_cache_bytes = self.num_blocks * self.block_size * self.kv_bytes_per_token
         self.graphs: DecodeGraphs | None = None
+        self.last_sampled: torch.Tensor | None = None
         if device.type == "cuda":
             self.warmup()
         if device.type == "cuda" and not config.enforce_eager:
@@ -111,13 +113,18 @@ class ModelRunner:
                     sample_rows=[]))
         torch.cuda.synchronize()
 
-    def prepare(self, batch: ScheduledBatch) -> StepInputs:
+    def prepare(self, batch: ScheduledBatch, pending: dict[int, int]) -> StepInputs:
+        """pending: for each sequence (by id()) whose last token the previous step sampled and the host has not
+        read, that token's row in the previous step's sampled tensor."""
         bs = self.block_size
         step = StepInputs([], [], [], [], [], [0], batch.num_decodes, max(batch.num_new_tokens), [])
         width = max(len(s.block_table) for s in batch.seqs)
         for seq, n in zip(batch.seqs, batch.num_new_tokens):
             begin, end = seq.num_computed_tokens, seq.num_computed_tokens + n
             table = seq.block_table
+            if seq.token_ids[end - 1] == PENDING:
+                step.pending_rows.append(len(step.input_ids) + n - 1)
+                step.pending_from.append(pending[id(seq)])
             step.input_ids.extend(seq.token_ids[begin:end])
             step.positions.extend(range(begin, end))
             step.slot_mapping.extend(table[p // bs] * bs + p % bs for p in range(begin, end))
@@ -131,8 +138,10 @@ class ModelRunner:
     def forward(self, step: StepInputs) -> torch.Tensor | None:
         size = self.graphs.size_for(len(step.input_ids), step.num_decodes) if self.graphs else None
         if size is not None:
-            return self.graphs.run(size, step.input_ids, step.positions, step.slot_mapping, step.seq_lens,
-                                   step.block_tables)
+            ids = self.graphs.stage(size, step.input_ids, step.positions, step.slot_mapping, step.seq_lens,
+                                    step.block_tables)
+            self._fill_pending(ids, step)
+            return self.graphs.replay(size, len(step.input_ids))
         hidden = self._eager(step)
         if not step.sample_rows:
             return None
@@ -152,20 +161,35 @@ class ModelRunner:
             max_query_len=step.max_query_len,
             max_seq_len=max(step.seq_lens),
         )
-        return self.model(_to(step.input_ids, torch.int64, dev), _to(step.positions, torch.int64, dev), meta)
+        ids = _to(step.input_ids, torch.int64, dev)
+        self._fill_pending(ids, step)
+        return self.model(ids, _to(step.positions, torch.int64, dev), meta)
+
+    def _fill_pending(self, ids: torch.Tensor, step: StepInputs) -> None:
+        if step.pending_rows:
+            rows = _to(step.pending_rows, torch.int64, self.device)
+            ids.index_copy_(0, rows, self.last_sampled.index_select(0, _to(step.pending_from, torch.int64, self.device)))
 
     @torch.inference_mode()
-    def execute(self, batch: ScheduledBatch, eos_token_ids: list[int]) -> list[int | None]:
-        step = self.prepare(batch)
+    def launch(self, batch: ScheduledBatch, eos_token_ids: list[int],
+               pending: dict[int, int]) -> tuple[torch.Tensor | None, list[Sequence]]:
+        """Queues the step on the GPU and returns its sampled tokens unread, with the sequences they belong to."""
+        step = self.prepare(batch, pending)
         if tp_size() > 1:
             step_inputs.send(step)
         logits = self.forward(step)
         if logits is None:
-            return [None] * len(batch.seqs)
+            return None, []
         sampled = [s for s, n in zip(batch.seqs, batch.num_new_tokens) if s.num_computed_tokens + n == s.num_tokens]
-        tokens = iter(self.sampler(logits, sampled, eos_token_ids))
-        return [next(tokens) if s.num_computed_tokens + n == s.num_tokens else None
-                for s, n in zip(batch.seqs, batch.num_new_tokens)]
+        tokens = self.sampler(logits, sampled, eos_token_ids)
+        self.share_sampled(tokens)
+        return tokens, sampled
+
+    def share_sampled(self, tokens: torch.Tensor) -> None:
+        """Every rank keeps the step's sampled tokens on its GPU, where the next step's inputs may take them."""
+        if tp_size() > 1 and self.config.async_scheduling:
+            dist.broadcast(tokens, src=0)
+        self.last_sampled = tokens
 
 
 def _to(values: list, dtype: torch.dtype, device: torch.device) -> torch.Tensor:

@@ -9,12 +9,13 @@ class Sampler:
         self.generator = torch.Generator(device=device).manual_seed(seed)
         self.seeded: dict[str, torch.Generator] = {}
 
-    def __call__(self, logits: torch.Tensor, seqs: list[Sequence], eos_token_ids: list[int]) -> list[int]:
+    def __call__(self, logits: torch.Tensor, seqs: list[Sequence], eos_token_ids: list[int]) -> torch.Tensor:
+        """The sampled token ids, left on the logits' device: reading them waits for the GPU."""
         greedy = [s.params.temperature == 0.0 for s in seqs]
         if all(greedy):
             # bf16 to fp32 is exact, so the argmax is the same without the conversion kernel.
             self._mask_early_stops(logits, seqs, eos_token_ids)
-            return logits.argmax(dim=-1).tolist()
+            return logits.argmax(dim=-1)
         logits = logits.float()
         self._mask_early_stops(logits, seqs, eos_token_ids)
         temps = torch.tensor([s.params.temperature or 1.0 for s in seqs], device=logits.device)
@@ -32,7 +33,7 @@ class Sampler:
         greedy_t = torch.tensor(greedy, device=logits.device)
         if greedy_t.any():
             sampled = torch.where(greedy_t, logits.argmax(dim=-1), sampled)
-        return sampled.tolist()
+        return sampled
 
     def _generator_for(self, seq: Sequence) -> torch.Generator:
         gen = self.seeded.get(seq.request_id)

@@ -3,6 +3,9 @@ from enum import Enum, auto
 
 from engine.sampling_params import SamplingParams
 
+# A sampled token still on the GPU: the next step may already read it there (asynchronous scheduling).
+PENDING = -1
+
 
 class SequenceStatus(Enum):
     WAITING = auto()
@@ -34,6 +37,7 @@ class Sequence:
     num_named_blocks: int = 0
     finish_reason: str | None = None
     stop_reason: str | int | None = None
+    last_token_pending: bool = False
 
     def __post_init__(self) -> None:
         if not self.token_ids:
@@ -54,6 +58,10 @@ class Sequence:
     @property
     def output_token_ids(self) -> list[int]:
         return self.token_ids[len(self.prompt_token_ids):]
+
+    def drop_pending(self) -> None:
+        while self.token_ids and self.token_ids[-1] == PENDING:
+            self.token_ids.pop()
 
     @property
     def is_finished(self) -> bool:

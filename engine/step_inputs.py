@@ -4,7 +4,7 @@ They travel over a gloo group on the CPU, so a worker's GPU never waits on the m
 worker's host directly, not through a device buffer and a copy back as a broadcast over NCCL would."""
 import pickle
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 
 import torch
@@ -22,6 +22,9 @@ class StepInputs:
     num_decodes: int
     max_query_len: int
     sample_rows: list[int]
+    # Input positions whose token the previous step sampled and the host has not read yet, and that step's rows.
+    pending_rows: list[int] = field(default_factory=list)
+    pending_from: list[int] = field(default_factory=list)
 
 
 HEAD_BYTES = 4096

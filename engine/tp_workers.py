@@ -106,6 +106,8 @@ def worker_main(rank: int, launch: TPLaunch) -> None:
     while (step := step_inputs.receive()) is not None:
         with torch.inference_mode():
             runner.forward(step)
+            if step.sample_rows and runner.config.async_scheduling:
+                runner.share_sampled(torch.empty(len(step.sample_rows), dtype=torch.int64, device=device))
     runner.release_graphs()
     if not teardown():
         os._exit(0)  # the rank's work is done; leave the stuck NCCL teardown to the driver

@@ -23,13 +23,13 @@ def client(core):
 
 
 def fail_next_forward(core, monkeypatch):
-    real = core.runner.execute
+    real = core.runner.launch
 
     def broken(*args, **kwargs):
-        monkeypatch.setattr(core.runner, "execute", real)
+        monkeypatch.setattr(core.runner, "launch", real)
         raise RuntimeError("injected fault")
 
-    monkeypatch.setattr(core.runner, "execute", broken)
+    monkeypatch.setattr(core.runner, "launch", broken)
 
 
 def blocks_used(client) -> float:

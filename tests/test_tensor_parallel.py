@@ -181,3 +181,13 @@ def test_workers_outlive_an_idle_spell_longer_than_the_collective_timeout(checkp
         assert llm.engine.tp_group.failure is None
         again = llm.generate(prompts, PARAMS)
     assert [o.token_ids for o in again] == [o.token_ids for o in first]
+
+
+def test_tp2_with_async_scheduling_matches_tp1(checkpoint):
+    """Under TP the unread tokens of a step reach every rank's next step on the device, not through the host."""
+    path, prompts = checkpoint
+    single = LLM(path, dtype="float32", device="cpu", kv_cache_tokens=2048).generate(prompts, PARAMS)
+    with LLM(path, dtype="float32", device="cpu", kv_cache_tokens=2048, tensor_parallel_size=2,
+             async_scheduling=True) as llm:
+        double = llm.generate(prompts, PARAMS)
+    assert [o.token_ids for o in double] == [o.token_ids for o in single]
