@@ -15,6 +15,7 @@ import time
 import torch
 
 from engine import LLM, SamplingParams
+from engine.llm_engine import LLMEngine
 from engine.loader import bundled_config
 
 
@@ -132,6 +133,23 @@ def prefix_sharing(shape: str, n: int = 64, system_len: int = 2000, suffix: int 
     return result
 
 
+def start_decoding(e: LLMEngine, batch: int, context: int, max_tokens: int, rng: random.Random) -> None:
+    """batch requests of context random tokens, past their prefill and five decode steps: a steady decode batch."""
+    for _ in range(batch):
+        e.add_request(None, rand_prompt(rng, context, e.model_config.vocab_size),
+                      SamplingParams(temperature=0.0, max_tokens=max_tokens, ignore_eos=True))
+    while e.scheduler.waiting or e.pending or any(s.num_computed_tokens < s.num_prompt_tokens for s in e.scheduler.running):
+        e.step()
+    for _ in range(5):
+        e.step()
+
+
+def drain(e: LLMEngine) -> None:
+    for request_id in list(e.seqs):
+        e.abort_request(request_id)
+    e.step()
+
+
 def profile(shape: str, batch: int, context: int, steps: int = 30) -> dict:
     """Where a decode step's time goes: host time per step against GPU kernel time, and the top kernels."""
     from torch.profiler import ProfilerActivity, profile as torch_profile
@@ -139,14 +157,7 @@ def profile(shape: str, batch: int, context: int, steps: int = 30) -> dict:
     llm = LLM.from_config(shape, dtype="bfloat16", device="cuda", max_num_seqs=max(batch, 8), max_model_len=4096,
                           kv_cache_fraction=0.9)
     e = llm.engine
-    rng = random.Random(2)
-    for _ in range(batch):
-        e.add_request(None, rand_prompt(rng, context, e.model_config.vocab_size),
-                      SamplingParams(temperature=0.0, max_tokens=steps + 40, ignore_eos=True))
-    while any(s.num_computed_tokens < s.num_prompt_tokens for s in e.scheduler.running) or e.scheduler.waiting or e.pending:
-        e.step()
-    for _ in range(5):
-        e.step()
+    start_decoding(e, batch, context, steps + 40, random.Random(2))
     torch.cuda.synchronize()
     t = time.perf_counter()
     with torch_profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
@@ -161,9 +172,7 @@ def profile(shape: str, batch: int, context: int, steps: int = 30) -> dict:
               "gpu_kernel_ms_per_step": round(gpu_total, 3),
               "top_kernels": [{"name": ev.key[:90], "ms_per_step": round(ev.self_device_time_total / steps / 1e3, 4),
                                "calls_per_step": ev.count // steps} for ev in top]}
-    for abort in list(e.seqs):
-        e.abort_request(abort)
-    e.step()
+    drain(e)
     del llm, e
     free()
     return result

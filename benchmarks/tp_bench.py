@@ -13,7 +13,7 @@ import time
 
 import torch
 
-from benchmarks.gpu_bench import copy_bandwidth, free, rand_prompt
+from benchmarks.gpu_bench import copy_bandwidth, drain, free, rand_prompt, start_decoding
 from engine import LLM, SamplingParams
 from engine.llm_engine import LLMEngine
 
@@ -65,19 +65,11 @@ def host_profile(e: LLMEngine, steps: int, top: int = 25) -> list[dict]:
 
 
 def at_batch(e: LLMEngine, batch: int, context: int, steps: int, profile: bool = True) -> dict:
-    rng = random.Random(batch)
-    for _ in range(batch):
-        e.add_request(None, rand_prompt(rng, context, e.model_config.vocab_size),
-                      SamplingParams(temperature=0.0, max_tokens=3 * steps + 20, ignore_eos=True))
-    while e.scheduler.waiting or e.pending or any(s.num_computed_tokens < s.num_prompt_tokens for s in e.scheduler.running):
-        e.step()
-    steady_steps(e, 5)
+    start_decoding(e, batch, context, 3 * steps + 20, random.Random(batch))
     result = {"batch": batch, "context": context, "ms_per_step": round(steady_steps(e, steps) * 1e3, 3)}
     if profile:
         result |= {"profile": profiled(e, steps), "host_profile": host_profile(e, steps)}
-    for request_id in list(e.seqs):
-        e.abort_request(request_id)
-    e.step()
+    drain(e)
     return result
 
 

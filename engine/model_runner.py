@@ -54,12 +54,14 @@ class ModelRunner:
     def _init_all_reduce(self) -> str:
         if tp_size() == 1:
             return "none"
+        if self.device.type != "cuda":
+            return "gloo"
         if self.config.disable_custom_all_reduce:
-            return "nccl (custom all-reduce disabled)" if self.device.type == "cuda" else "gloo"
+            return "nccl (custom all-reduce disabled)"
         comm, why = try_custom_all_reduce(self.device, self.dtype)
         set_custom_all_reduce(comm)
         if comm is None:
-            return f"nccl ({why})" if self.device.type == "cuda" else "gloo"
+            return f"nccl ({why})"
         return f"one-shot over symmetric memory up to {comm.max_bytes >> 20} MiB, then nccl"
 
     def release_graphs(self) -> None:

@@ -12,12 +12,12 @@ class Sampler:
     def __call__(self, logits: torch.Tensor, seqs: list[Sequence], eos_token_ids: list[int]) -> torch.Tensor:
         """The sampled token ids, left on the logits' device: reading them waits for the GPU."""
         greedy = [s.params.temperature == 0.0 for s in seqs]
-        if all(greedy):
-            # bf16 to fp32 is exact, so the argmax is the same without the conversion kernel.
-            self._mask_early_stops(logits, seqs, eos_token_ids)
-            return logits.argmax(dim=-1)
-        logits = logits.float()
+        # bf16 to fp32 is exact, so a greedy batch takes the same argmax without the conversion kernel.
+        if not all(greedy):
+            logits = logits.float()
         self._mask_early_stops(logits, seqs, eos_token_ids)
+        if all(greedy):
+            return logits.argmax(dim=-1)
         temps = torch.tensor([s.params.temperature or 1.0 for s in seqs], device=logits.device)
         logits = logits / temps.unsqueeze(1)
         logits = _top_k_top_p(logits, [s.params.top_k for s in seqs], [s.params.top_p for s in seqs])
