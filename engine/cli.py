@@ -3,6 +3,8 @@ from typing import Annotated
 
 import typer
 
+from engine.server.listen import claim_port
+
 app = typer.Typer(name="engine", help="The pagebench paged-attention inference engine.", no_args_is_help=True,
                   add_completion=False)
 
@@ -42,6 +44,12 @@ def serve(
     access_log: Annotated[bool, typer.Option(help="log one line per HTTP request")] = True,
 ) -> None:
     """Serve MODEL over an OpenAI-compatible HTTP API (/v1/completions, /v1/chat/completions)."""
+    # Before torch is even imported: a port in use must fail in a moment, not after a model has loaded.
+    try:
+        sock = claim_port(host, port)
+    except ValueError as e:
+        typer.secho(f"engine serve: {e}", err=True, fg=typer.colors.RED)
+        raise typer.Exit(2) from None
     from engine.server.serve import ServeArgs, serve as run
 
     engine_kwargs = dict(dtype=dtype, device=device, block_size=block_size, max_num_seqs=max_num_seqs,
@@ -51,12 +59,14 @@ def serve(
                          tensor_parallel_size=tensor_parallel_size,
                          disable_custom_all_reduce=disable_custom_all_reduce, async_scheduling=async_scheduling)
     args = ServeArgs(model, host, port, api_key, list(served_model_name or []), max_waiting, tokenizer,
-                     log_level.lower(), access_log, engine_kwargs)
+                     log_level.lower(), access_log, engine_kwargs, sock)
     try:
         run(args)
     except (ValueError, FileNotFoundError) as e:
         typer.secho(f"engine serve: {e}", err=True, fg=typer.colors.RED)
         raise typer.Exit(2) from None
+    finally:
+        sock.close()
 
 
 if __name__ == "__main__":

@@ -1,12 +1,14 @@
 """`engine serve`: load the model, say what memory it took, serve the app on uvicorn, say when it is ready."""
 import logging
 import os
+import socket
 from dataclasses import dataclass, field
 
 import uvicorn
 
 from engine.llm_engine import LLMEngine
 from engine.server.api import build_app, engine_version
+from engine.server.listen import claim_port
 
 logger = logging.getLogger("engine.server")
 
@@ -23,6 +25,8 @@ class ServeArgs:
     log_level: str = "info"
     access_log: bool = True
     engine_kwargs: dict = field(default_factory=dict)
+    # Claimed (bound and listening) before anything loads; None: serve() claims host:port itself.
+    sock: socket.socket | None = None
 
 
 def say(message: str) -> None:
@@ -65,6 +69,9 @@ class ReadyServer(uvicorn.Server):
 
 
 def serve(args: ServeArgs) -> None:
+    if args.sock is None:
+        args.sock = claim_port(args.host, args.port)
+    port = args.sock.getsockname()[1]
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     say(f"pagebench engine {engine_version()}: loading {args.model}")
     core = LLMEngine(args.model, tokenizer=args.tokenizer, **args.engine_kwargs)
@@ -73,13 +80,13 @@ def serve(args: ServeArgs) -> None:
     if args.host not in ("127.0.0.1", "localhost", "::1") and not args.api_key:
         logger.warning("listening on %s without --api-key: anyone who can reach this port can use the model", args.host)
     app = build_app(core, names, api_key=args.api_key, max_waiting=args.max_waiting)
-    config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,
+    config = uvicorn.Config(app, host=args.host, port=port, log_level=args.log_level,
                             access_log=args.access_log, timeout_graceful_shutdown=5, server_header=False,
                             headers=[("server", f"pagebench-engine/{engine_version()}")])
-    ready = (f"ready: serving {', '.join(names)} at http://{args.host}:{args.port}/v1 "
+    ready = (f"ready: serving {', '.join(names)} at http://{args.host}:{port}/v1 "
              f"(weights {human_bytes(core.weights_bytes)}, KV cache {human_bytes(core.runner.kv_cache_bytes)}"
              f"{', API key required' if args.api_key else ''})")
-    ReadyServer(config, ready).run()
+    ReadyServer(config, ready).run(sockets=[args.sock])
     if core.teardown_stuck:
         # The app closed the engine; only NCCL's teardown is left, stuck in a thread that would hold the exit.
         logger.warning("NCCL teardown did not finish; exiting without it")
