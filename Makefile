@@ -5,8 +5,14 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.pagebench-installed
 SCENARIO ?= scenarios/smoke.yaml
+# An Ollama of your own for `make bench` instead of the pinned build: PAGEBENCH_OLLAMA=/path/to/ollama (a binary,
+# started by bench) or OLLAMA_URL=http://127.0.0.1:11434 (a running server; the demo model is imported when missing).
+# Either way the report's run.json records the version the server reports, and the backend log which binary ran.
+PAGEBENCH_OLLAMA ?=
+OLLAMA_URL ?=
+BENCH_SET := $(if $(OLLAMA_URL),--set backends.ollama-q4.url=$(OLLAMA_URL) --set backends.ollama-q4.launch=null)
 
-.PHONY: install test bench ollama llamacpp browser clean
+.PHONY: install test bench ollama ollama-url llamacpp browser clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -17,9 +23,13 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# OLLAMA_CPU_ARCH=x86-64-v3 (or x86-64-v4) builds a portable binary, the way out when -march=native fails.
 ollama: install
-	bash scripts/setup_ollama.sh
+	$(if $(PAGEBENCH_OLLAMA),,bash scripts/setup_ollama.sh)
 	$(PY) scripts/ollama_serve.py --import-only
+
+ollama-url: install
+	$(PY) scripts/ollama_serve.py --import-only --server $(OLLAMA_URL)
 
 # llama.cpp's server and quantizer for the CPU (the GPU comparison's 4-bit side, tested small); cached after one build.
 llamacpp: install
@@ -31,8 +41,8 @@ browser:
 test: install ollama llamacpp browser
 	$(PY) -m pytest -q
 
-bench: install ollama
-	$(VENV)/bin/bench run $(SCENARIO)
+bench: install $(if $(OLLAMA_URL),ollama-url,ollama)
+	$(VENV)/bin/bench run $(SCENARIO) $(BENCH_SET)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

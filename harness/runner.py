@@ -160,6 +160,11 @@ class Runner:
                 raise BackendError(f"cannot reach {url}: {e or 'connection refused'}") from None
             except httpx.HTTPError as e:
                 raise BackendError(f"{url} did not answer: {type(e).__name__}: {e}") from None
+            if launched:
+                # The launched process may have become another program (scripts/ollama_serve.py execs
+                # `ollama serve`): /proc names the binary that actually serves, e.g. which Ollama build ran.
+                with contextlib.suppress(OSError):
+                    br.info["executable"] = str(Path(f"/proc/{launched.proc.pid}/exe").readlink())
             self.writer.write_info()
             self._event("prepared", f"version {br.version}; info {br.info}", name)
             sampler = Sampler(backend, launched.proc.pid if launched else None, self.sc.load.sample_interval_s, self.writer.sample)

@@ -6,6 +6,7 @@ server that answers on --port never lists a half-imported model. Then this proce
 SIGTERM reaches Ollama itself, which stops its runners; nothing is left behind.
 
 As a scenario's launch command:  {python} scripts/ollama_serve.py --port {port}
+Into a server already running (`make bench OLLAMA_URL=...`):  scripts/ollama_serve.py --server URL --import-only
 OLLAMA_NUM_PARALLEL, OLLAMA_CONTEXT_LENGTH, OLLAMA_KEEP_ALIVE, OLLAMA_MAX_QUEUE ... pass through from the environment.
 """
 from __future__ import annotations
@@ -15,7 +16,9 @@ import contextlib
 import fcntl
 import hashlib
 import importlib.metadata
+import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -50,6 +53,57 @@ def find_binary() -> Path:
         raise SetupError(f"Ollama {VERSION} is not built at {path}; run `bash scripts/setup_ollama.sh` "
                          "(or point PAGEBENCH_OLLAMA at an ollama binary)")
     return path
+
+
+def client_binary() -> Path:
+    """An `ollama` CLI to talk to a running server: ours or PAGEBENCH_OLLAMA, else the one on PATH."""
+    try:
+        return find_binary()
+    except SetupError:
+        if found := shutil.which("ollama"):
+            return Path(found)
+        raise
+
+
+def build_note(binary: Path) -> str:
+    """How the binary was built, when setup_ollama.sh built it (its build key), for the server's log."""
+    info = binary.parent.parent / "build-info.txt"
+    return f" ({info.read_text().strip()})" if info.is_file() else ""
+
+
+def server_models(url: str) -> set[str]:
+    try:
+        with urllib.request.urlopen(f"{url}/api/tags", timeout=10) as r:
+            return {m["name"] for m in json.load(r).get("models", [])}
+    except (OSError, ValueError, KeyError) as e:
+        raise SetupError(f"no Ollama answered GET {url}/api/tags: {e}") from None
+
+
+def import_into_server(url: str, name: str, gguf: Path, modelfile: Path | None) -> float:
+    """`ollama create` against a running server (the CLI uploads the GGUF); returns seconds, 0 when it has the model."""
+    if not url.startswith(("http://", "https://")):
+        raise SetupError(f"--server must be a URL such as http://127.0.0.1:11434, got {url!r}")
+    url = url.rstrip("/")
+    want = name if ":" in name else f"{name}:latest"
+    if want in server_models(url):
+        return 0.0
+    try:
+        binary = client_binary()
+    except SetupError:
+        raise SetupError(f"the Ollama at {url} lacks {name} and no ollama CLI was found to import it; put `ollama` "
+                         f"on PATH or set PAGEBENCH_OLLAMA") from None
+    if not gguf.is_file():
+        raise SetupError(f"GGUF to import as {name} not found: {gguf}")
+    text = (modelfile.read_text() if modelfile else "FROM {gguf}\n").replace("{gguf}", str(gguf))
+    start = time.monotonic()
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "Modelfile").write_text(text)
+        done = subprocess.run([str(binary), "create", name, "-f", str(Path(tmp) / "Modelfile")],
+                              env={**os.environ, "OLLAMA_HOST": url}, stdin=subprocess.DEVNULL, capture_output=True,
+                              text=True, timeout=600)
+    if done.returncode != 0:
+        raise SetupError(f"ollama create {name} on {url} failed: {(done.stderr or done.stdout).strip()[-800:]}")
+    return time.monotonic() - start
 
 
 def demo_gguf() -> Path:
@@ -157,6 +211,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--keep-alive", help="OLLAMA_KEEP_ALIVE, e.g. 30m or -1")
     p.add_argument("--no-import", action="store_true", help="serve only; never run ollama create")
     p.add_argument("--import-only", action="store_true", help="import the model if missing, then exit")
+    p.add_argument("--server", metavar="URL", help="with --import-only: import into this running Ollama instead")
     return p.parse_args(argv)
 
 
@@ -179,7 +234,17 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     # SIGTERM during the import must still run the `finally` that stops the private server.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    if args.server and not args.import_only:
+        print("ollama_serve: --server needs --import-only (the server is already running)", file=sys.stderr)
+        return 2
     try:
+        if args.server:
+            gguf = Path(args.gguf) if args.gguf else demo_gguf()
+            modelfile = Path(args.modelfile) if args.modelfile else None if args.gguf else DEMO_MODELFILE
+            took = import_into_server(args.server, args.model, gguf, modelfile)
+            if took:
+                print(f"ollama_serve: imported {args.model} into {args.server} in {took:.1f}s", file=sys.stderr)
+            return 0
         binary = find_binary()
         env = server_env(args)
         if not args.no_import and (args.gguf or args.model == DEMO_MODEL):
@@ -193,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.import_only:
         return 0
-    print(f"ollama_serve: {binary} serve on {env['OLLAMA_HOST']}, models in {env['OLLAMA_MODELS']}, "
+    print(f"ollama_serve: {binary}{build_note(binary)} serve on {env['OLLAMA_HOST']}, models in {env['OLLAMA_MODELS']}, "
           f"OLLAMA_NUM_PARALLEL={env.get('OLLAMA_NUM_PARALLEL', '(default)')}", file=sys.stderr, flush=True)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     os.execve(binary, [str(binary), "serve"], env)

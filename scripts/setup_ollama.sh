@@ -4,25 +4,44 @@
 #   OLLAMA_VERSION    overrides scripts/ollama.version (newest release before 0.30 that the proxy serves)
 #   OLLAMA_BUILD_JOBS parallel compile jobs (default 2: the llama.cpp sources are heavy and the machine shared)
 #   OLLAMA_CPU_ARCH   -march for ggml's CPU code (default native; x86-64-v3 for a binary to copy to other hosts)
+#   CC                the C compiler cgo will use (default gcc), asked which instruction sets -march turns on
+#   setup_ollama.sh --print-flags   prints the C flags the build would use, and exits
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 version=${OLLAMA_VERSION:-$(tr -d '[:space:]' <"$here/ollama.version")}
 cache=${PAGEBENCH_CACHE:-$HOME/.cache/pagebench}
 prefix="$cache/ollama/$version"
 bin="$prefix/bin/ollama"
+
+say() { echo "setup_ollama: $*" >&2; }
+die() { say "$*"; exit 1; }
+
 # Without -march, cgo compiles ggml for baseline x86-64 (no AVX): several times slower than Ollama's own release
 # builds, which pick an AVX2/AVX-512 variant at run time. A fair comparison needs the machine's vector units.
 arch=${OLLAMA_CPU_ARCH:-native}
-flags="-O3 -march=$arch"
+compiler=${CC:-gcc}
+command -v "$compiler" >/dev/null || die "$compiler not found; install a C/C++ compiler (Debian: apt-get install build-essential)"
+macros=$("$compiler" -march="$arch" -dM -E -x c /dev/null 2>&1) \
+  || die "$compiler does not accept -march=$arch (OLLAMA_CPU_ARCH): $(head -n 3 <<<"$macros")"
+# On Intel Xeons since Sapphire Rapids, -march turns AMX on; ggml-cpu.cpp then refers to its AMX buffer type, whose
+# source (ggml-cpu/amx/) Ollama's cgo build never compiles, and the link fails. Each AMX extension the compiler
+# enables is turned off again by name (GCC and clang spell __AMX_INT8__ as -mamx-int8); AVX-512 and the rest stay.
+# Hosts without AMX get no extra flag, so their build key, and their cached binary, stay what they were.
+amx_off=$(sed -n 's/^#define __AMX_\([A-Z0-9_]*\)__ .*/-mno-amx-\L\1/p' <<<"$macros" | LC_ALL=C sort | tr '\n' ' ')
+flags="-O3 -march=$arch${amx_off:+ ${amx_off% }}"
+if "$compiler" $flags -dM -E -x c /dev/null 2>/dev/null | grep -q '^#define __AMX_'; then
+  die "$compiler still enables AMX with $flags; set OLLAMA_CPU_ARCH=x86-64-v4 (AVX-512) or x86-64-v3 (AVX2)"
+fi
+if [ "${1:-}" = --print-flags ]; then
+  echo "$flags"
+  exit 0
+fi
 info="version=$version cflags=$flags"
 
 if [ -x "$bin" ] && [ "$(cat "$prefix/build-info.txt" 2>/dev/null)" = "$info" ]; then
   echo "$bin"
   exit 0
 fi
-
-say() { echo "setup_ollama: $*" >&2; }
-die() { say "$*"; exit 1; }
 
 command -v go >/dev/null || die "Go is not installed; Ollama $version needs Go >= 1.26 (https://go.dev/doc/install)"
 for tool in cc c++; do
@@ -54,7 +73,18 @@ start=$(date +%s)
 if ! go install -trimpath -ldflags "-s -w -X github.com/ollama/ollama/version.Version=$version" \
      "github.com/ollama/ollama@v$version" >"$prefix/build.log" 2>&1; then
   tail -n 30 "$prefix/build.log" >&2
-  die "building Ollama $version failed (full log: $prefix/build.log)"
+  # The linker's last lines rarely name the cause; the usual one is an instruction set that -march turned on and
+  # that Ollama's cgo build of ggml does not handle, which a portable -march avoids.
+  if grep -q 'undefined reference to .ggml_backend_amx' "$prefix/build.log"; then
+    say "likely cause: ggml was compiled with Intel AMX on (-march=$arch, CGO_CFLAGS or CC), and Ollama's Go build" \
+        "leaves out ggml's AMX code"
+  elif grep -qE 'undefined reference|error: .*(target specific option|inlining failed|-march)' "$prefix/build.log"; then
+    say "likely cause: ggml's CPU code does not build for -march=$arch on this compiler"
+  fi
+  say "way out: OLLAMA_CPU_ARCH=x86-64-v3 (AVX2, any x86-64 host of the last decade) or x86-64-v4 (AVX-512)" \
+      "builds a portable binary: OLLAMA_CPU_ARCH=x86-64-v3 bash scripts/setup_ollama.sh;" \
+      "or use an Ollama you have: PAGEBENCH_OLLAMA=/path/to/ollama, or OLLAMA_URL=http://host:port for a running server"
+  die "building Ollama $version failed with $flags (full log: $prefix/build.log)"
 fi
 say "built in $(( $(date +%s) - start ))s"
 echo "$info" >"$prefix/build-info.txt"
