@@ -301,7 +301,7 @@ class LLMEngine:
             prefix_cache_queries=bm.prefix_queries, prefix_cache_hits=bm.prefix_hits,
             num_preemptions=self.scheduler.num_preemptions, prompt_tokens_total=self.prompt_tokens_total,
             generation_tokens_total=self.generation_tokens_total, peak_kv_blocks_used=self.peak_blocks,
-            kv_utilization_at_peak=self.utilization_at_peak,
+            kv_utilization_at_peak=self.utilization_at_peak, kv_utilization=self.kv_utilization(),
         )
 
 

@@ -38,6 +38,7 @@ class EngineStats:
     generation_tokens_total: int
     peak_kv_blocks_used: int
     kv_utilization_at_peak: float
+    kv_utilization: float = 0.0  # now: tokens held over the slots of the blocks allocated (LLMEngine.kv_utilization)
 
     @property
     def kv_usage(self) -> float:

@@ -32,6 +32,12 @@ class EngineCollector(Collector):
             _gauge("kv_blocks_total", "KV cache blocks in the pool", s.kv_blocks_total),
             _gauge("kv_cache_usage_perc", "Fraction of KV cache blocks in use (0 to 1)", s.kv_usage),
             _gauge("peak_kv_blocks_used", "Most KV cache blocks held at once", s.peak_kv_blocks_used),
+            # Pool occupancy (kv_cache_usage_perc) says how much of the pool is handed out; this says how full the
+            # handed-out blocks are, the quantity behind "KV use over 95%" for paged allocation.
+            _gauge("kv_block_utilization", "Tokens whose KV is held over the token slots of the allocated blocks (0 to 1)",
+                   s.kv_utilization),
+            _gauge("kv_block_utilization_at_peak", "kv_block_utilization when the most blocks were held",
+                   s.kv_utilization_at_peak),
             _gauge("prefix_cache_hit_rate", "Prompt tokens found in the prefix cache over prompt tokens looked up",
                    s.prefix_cache_hit_rate),
             _counter("prefix_cache_queries", "Prompt tokens looked up in the prefix cache", s.prefix_cache_queries),
