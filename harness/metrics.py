@@ -30,7 +30,35 @@ def _meets(row: dict[str, Any], slo: dict[str, float | None]) -> bool:
     return True
 
 
-def summarize_level(rows: list[dict[str, Any]], slo: dict[str, float | None] | None = None) -> dict[str, Any]:
+CACHE_WARN_SHARE = 0.01  # prompt tokens from a cache beyond the chat template, in a level that asked for no sharing
+
+
+def prompt_cache(ok: list[dict[str, Any]], shared: bool | None) -> dict[str, Any]:
+    """Cached prompt tokens over the prompt tokens of the requests whose server said how many it cached.
+
+    `beyond_template` leaves out each request's chat-template part (the server's prompt tokens beyond the
+    messages' own), the one part every request of a run shares by design. `warning` is set when the scenario
+    asked for no sharing (`shared` False) and more than 1% of the prompt tokens came from a cache beyond it.
+    """
+    known = [r for r in ok if r.get("cached_tokens") is not None and r.get("prompt_tokens")]
+    prompt = sum(r["prompt_tokens"] for r in known)
+    cached = sum(r["cached_tokens"] for r in known)
+    with_template = [r for r in known if r.get("template_tokens") is not None]
+    beyond = sum(max(0, r["cached_tokens"] - r["template_tokens"]) for r in with_template)
+    beyond_of = sum(r["prompt_tokens"] for r in with_template)
+    beyond_share = beyond / beyond_of if beyond_of else None
+    return {
+        "requests_reporting": len(known), "prompt_tokens": prompt, "cached_tokens": cached,
+        "share": cached / prompt if prompt else None,
+        "template_tokens": float(np.median([r["template_tokens"] for r in with_template])) if with_template else None,
+        "beyond_template_tokens": beyond if with_template else None, "beyond_template_share": beyond_share,
+        "shared_by_scenario": shared,
+        "warning": bool(shared is False and beyond_share is not None and beyond_share > CACHE_WARN_SHARE),
+    }
+
+
+def summarize_level(rows: list[dict[str, Any]], slo: dict[str, float | None] | None = None,
+                    shared: bool | None = None) -> dict[str, Any]:
     measured = [r for r in rows if r.get("phase") == "measure"]
     ok = [r for r in measured if not r.get("error")]
     errors = len(measured) - len(ok)
@@ -72,6 +100,7 @@ def summarize_level(rows: list[dict[str, Any]], slo: dict[str, float | None] | N
             "max": int(max(out_tokens)) if out_tokens else None,
         },
         "goodput": goodput,
+        "prompt_cache": prompt_cache(ok, shared),
         "generator_lag_s": {
             "mean": float(np.mean(lag)) if lag else None,
             "p99": float(np.percentile(lag, 99)) if lag else None,
@@ -80,8 +109,10 @@ def summarize_level(rows: list[dict[str, Any]], slo: dict[str, float | None] | N
     }
 
 
-def summarize(rows: list[dict[str, Any]], slo: dict[str, float | None] | None = None) -> list[dict[str, Any]]:
+def summarize(rows: list[dict[str, Any]], slo: dict[str, float | None] | None = None,
+              shared: bool | None = None) -> list[dict[str, Any]]:
+    """`shared`: whether the scenario asked for shared prompts (None: not known, as in runs from before tagging)."""
     groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for r in rows:
         groups.setdefault((r["backend"], r["level"]), []).append(r)
-    return [summarize_level(g, slo) for g in groups.values()]
+    return [summarize_level(g, slo, shared) for g in groups.values()]

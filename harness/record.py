@@ -39,6 +39,10 @@ class RequestRecord:
     chunk_times: list[float] = field(default_factory=list)
     chunk_tokens: list[int] = field(default_factory=list)
     prompt_tokens: int | None = None
+    # Prompt tokens the server took from its cache, where it says (usage.prompt_tokens_details, llama.cpp's timings).
+    cached_tokens: int | None = None
+    # The messages' tokens by the workload's tokenizer: the server's prompt_tokens beyond them is its chat template.
+    message_tokens: int | None = None
     output_tokens: int | None = None
     finish_reason: str | None = None
     error: str | None = None
@@ -56,6 +60,13 @@ class RequestRecord:
         if self.error is None:
             self.error = " ".join(message.split())[:300]
             self.status_code = status_code
+
+    def template_tokens(self) -> int | None:
+        """The server's prompt tokens that are not the messages' own: its chat template's fixed part, which every
+        request of a run shares and a prefix cache may hold."""
+        if self.prompt_tokens is None or self.message_tokens is None:
+            return None
+        return min(max(0, self.prompt_tokens - self.message_tokens), self.prompt_tokens)
 
     def to_row(self, clock: Clock) -> dict[str, Any]:
         if self.output_tokens is None and self.error is None and self.chunk_tokens:
@@ -78,7 +89,8 @@ class RequestRecord:
             "itl_s": [b - a for a, b in zip(times, times[1:])],
             "chunk_times": [clock.unix(t) for t in times], "chunk_tokens": self.chunk_tokens,
             "tpot_s": tpot, "decode_tps": decode,
-            "prompt_tokens": self.prompt_tokens, "output_tokens": out,
+            "prompt_tokens": self.prompt_tokens, "cached_tokens": self.cached_tokens,
+            "template_tokens": self.template_tokens(), "output_tokens": out,
             "requested_output_tokens": self.requested_output_tokens, "finish_reason": self.finish_reason,
             "error": self.error, "status_code": self.status_code, "server": self.server,
         }

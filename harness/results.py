@@ -69,6 +69,8 @@ class RunInfo(Row):
     event_loop: str | None = None
     backends: list[BackendRun] = []
     levels: list[LevelInfo] = []
+    # How prompts were made: tagged per run, one per request, or shared on purpose (`sharing` says why).
+    prompts: dict[str, Any] = {}
 
 
 class RequestRow(Row):
@@ -91,6 +93,8 @@ class RequestRow(Row):
     tpot_s: float | None = None
     decode_tps: float | None = None
     prompt_tokens: int | None = None
+    cached_tokens: int | None = None
+    template_tokens: int | None = None
     output_tokens: int | None = None
     requested_output_tokens: int
     finish_reason: str | None = None
@@ -109,6 +113,7 @@ class SampleRow(Row):
     kv_blocks_used: float | None = None
     kv_blocks_total: float | None = None
     kv_usage: float | None = None
+    kv_utilization: float | None = None
     running: float | None = None
     waiting: float | None = None
     ollama_size_vram: int | None = None
@@ -230,7 +235,8 @@ def load_run(run_dir: str | Path) -> Run:
     scenario_path = run_dir / "scenario.yaml"
     scenario_text = scenario_path.read_text(encoding="utf-8", errors="replace") if scenario_path.exists() else ""
     if recomputed:
-        summary = summarize(requests, _slo_of(scenario_text))
+        prompts = run.get("prompts")
+        summary = summarize(requests, _slo_of(scenario_text), bool(prompts.get("sharing")) if prompts else None)
     else:
         summary = json.loads(summary_path.read_text(encoding="utf-8"))
     return Run(

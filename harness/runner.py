@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import secrets
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -23,7 +24,7 @@ from harness.record import Clock, RequestRecord
 from harness.results import BackendRun, LevelInfo, RunInfo, RunWriter
 from harness.sampler import Sampler
 from harness.scenario import BackendBase
-from harness.workload import WorkItem, build_workload
+from harness.workload import Prompts, WorkItem, build_workload
 
 
 class PreflightError(Exception):
@@ -72,14 +73,15 @@ class Runner:
         self.ui = reporter or Reporter()
         self.clock = Clock()
         self.rows: list[dict[str, Any]] = []
-        self.items: list[WorkItem] = []
+        self.items: Prompts | list[WorkItem] = []
         self.plans = plans(self.sc)
 
     def prepare(self) -> None:
         problems = preflight(self.loaded, self.only)
         if problems:
             raise PreflightError("\n".join([f"{self.loaded.path}: cannot start:", *[f"  {p}" for p in problems]]))
-        self.items = build_workload(self.sc, self.loaded.base_dir)
+        # A fresh nonce per run tags every prompt, so a server that stayed up since an earlier run finds none of them cached.
+        self.items = build_workload(self.sc, self.loaded.base_dir, nonce=secrets.token_hex(6))
 
     def _open_run(self) -> RunWriter:
         now = time.time()
@@ -95,7 +97,8 @@ class Runner:
         levels = [LevelInfo(label=p.label, mode=p.mode, concurrency=p.concurrency, rate=p.rate) for p in self.plans]
         info = RunInfo(run_id=run_dir.name, scenario_name=self.sc.name, scenario_path=str(self.loaded.path),
                        started_at=_iso(now), host=host_info(), pagebench_version=__version__, backends=backends, levels=levels,
-                       event_loop=type(asyncio.get_running_loop()).__module__.split(".")[0])
+                       event_loop=type(asyncio.get_running_loop()).__module__.split(".")[0],
+                       prompts=self.items.info() if isinstance(self.items, Prompts) else {})
         return RunWriter(run_dir, info, self.loaded.raw_bytes)
 
     def _event(self, kind: str, message: str, backend: str | None = None, level: str | None = None) -> None:
@@ -123,7 +126,8 @@ class Runner:
             interrupted = True
             self._event("interrupted", "run interrupted; finished requests are kept")
         finally:
-            summary = summarize(self.rows, self.sc.slo.model_dump() if self.sc.slo else None)
+            shared = bool(self.items.sharing) if isinstance(self.items, Prompts) else None
+            summary = summarize(self.rows, self.sc.slo.model_dump() if self.sc.slo else None, shared)
             self.writer.write_summary(summary)
             failed = [b for b in info.backends if b.status == "failed"]
             info.status = "interrupted" if interrupted else ("failed" if failed else "complete")
@@ -178,7 +182,8 @@ class Runner:
                 sampler.level = plan.label
                 self._event("level_start", f"{plan.label}: {plan.total or 'until ' + str(plan.duration_s) + 's'} requests", name, plan.label)
                 self.ui.level_start(name, plan)
-                lr = LevelRun(backend, self.items, plan, self._on_record, abort)
+                prompts = self.items.level(i) if isinstance(self.items, Prompts) else self.items
+                lr = LevelRun(backend, prompts, plan, self._on_record, abort)
                 current[:] = [lr]
                 await lr.run()
                 sampler.level = None

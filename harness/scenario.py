@@ -73,7 +73,11 @@ class Workload(Strict):
     input_tokens: DistField = Field(default_factory=lambda: Dist(value=128))
     output_tokens: DistField = Field(default_factory=lambda: Dist(value=64))
     shared_prefix: SharedPrefix | None = None
-    num_prompts: PositiveInt | None = Field(None, description="distinct prompts; default: enough for one level")
+    num_prompts: PositiveInt | None = Field(None, description="distinct prompts, sent in turn at every level and in every "
+                                            "run (sharing on purpose); default: a prompt of its own for every request")
+    reuse_prompts: bool = Field(False, description="send the same prompts at every level and in every run, so a "
+                                                   "server's prompt cache hits on purpose; default: every request of a "
+                                                   "run gets its own prompt, tagged with the run")
     temperature: float = Field(0.0, ge=0, le=2)
     top_p: float | None = Field(None, gt=0, le=1)
     seed: int = 0

@@ -73,6 +73,8 @@ class Backend(ABC):
         return {}
 
     async def generate(self, item: WorkItem, rec: RequestRecord, timeout_s: float) -> None:
+        if item.counted:
+            rec.message_tokens = item.prompt_tokens
         try:
             async with asyncio.timeout(timeout_s):
                 await self.stream(item, rec)

@@ -16,6 +16,7 @@ _GAUGES = {
     "kv_blocks_used": ("kv_blocks_used", "num_gpu_blocks_used", "kv_cache_blocks_used"),
     "kv_blocks_total": ("kv_blocks_total", "num_gpu_blocks", "kv_cache_blocks_total"),
     "kv_usage": ("kv_cache_usage_perc", "gpu_cache_usage_perc", "kv_usage", "kv_cache_usage"),
+    "kv_utilization": ("kv_block_utilization",),
     "running": ("num_requests_running", "requests_running"),
     "waiting": ("num_requests_waiting", "requests_waiting"),
     "prefix_cache_hit_rate": ("prefix_cache_hit_rate",),
@@ -207,6 +208,14 @@ class OpenAIHttpBackend(Backend):
                     if usage:
                         rec.prompt_tokens = usage.get("prompt_tokens")
                         rec.output_tokens = usage.get("completion_tokens")
+                        cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens")
+                        if cached is not None:
+                            rec.cached_tokens = int(cached)
+                    timings = chunk.get("timings")
+                    if timings:  # llama.cpp: cache_n prompt tokens reused, prompt_n computed
+                        rec.server["cache_n"], rec.server["prompt_n"] = timings.get("cache_n"), timings.get("prompt_n")
+                        if rec.cached_tokens is None and timings.get("cache_n") is not None:
+                            rec.cached_tokens = int(timings["cache_n"])
             if not done and rec.finish_reason is None:
                 raise BackendError("stream ended before a finish_reason or [DONE]")
             if not rec.finished:
