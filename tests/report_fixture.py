@@ -116,7 +116,8 @@ def make_run(root: Path, *, status: str = "complete", seed: int = 7) -> tuple[Pa
                             ollama_size_vram=None, ollama_size=None)
                 if backend == "engine":
                     base.update(rss_bytes=int(900e6 + 30e6 * busy + rng.uniform(0, 5e6)), kv_blocks_total=512,
-                                kv_blocks_used=12 * busy, kv_usage=12 * busy / 512, running=busy, waiting=0)
+                                kv_blocks_used=12 * busy, kv_usage=12 * busy / 512, running=busy, waiting=0,
+                                kv_utilization=(0.9 + 0.02 * busy) if busy else 0.0)
                 else:
                     base.update(rss_bytes=int(400e6 + rng.uniform(0, 5e6)), ollama_size_vram=0,
                                 ollama_size=180_000_000)

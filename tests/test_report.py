@@ -15,8 +15,8 @@ from rich.console import Console
 from harness.report import build_compare, build_report, build_table, charts, data, print_summary
 from tests.report_fixture import make_run
 
-ROWS = ["advantage", "peak_memory", "memory_management", "decode_speed", "aggregate", "ttft", "itl", "e2e", "errors",
-        "scaling", "batching", "hardware", "deployment", "version", "model"]
+ROWS = ["advantage", "peak_memory", "memory_management", "kv_pool", "kv_utilization", "decode_speed", "aggregate", "ttft",
+        "itl", "e2e", "errors", "prompt_cache", "scaling", "batching", "hardware", "deployment", "version", "model"]
 
 
 def ok_rows(rows: list[dict], backend: str, level: str) -> list[dict]:
@@ -130,7 +130,12 @@ def test_memory_batching_and_claims(run: tuple[Path, dict]) -> None:
     table = build_table([data.load(run_dir)], "en")
     engine, ollama = table.columns
     kv = max(s["kv_usage"] for s in fx["samples"] if s["backend"] == "engine")
-    assert engine.cells["memory_management"].value == pytest.approx(kv)
+    assert engine.cells["kv_pool"].value == pytest.approx(kv)
+    at_peak = max(s["kv_utilization"] for s in fx["samples"] if s["backend"] == "engine" and s["kv_usage"] == kv)
+    assert engine.cells["kv_utilization"].value == pytest.approx(at_peak)
+    assert engine.cells["kv_utilization"].claim == "KV use over 95%" and engine.cells["kv_pool"].claim == ""
+    # Ollama reports no KV utilization, so the article's "about 60%" has nothing to stand beside
+    assert ollama.cells["kv_utilization"].value is None and ollama.cells["kv_utilization"].claim == ""
     assert "block size 16" in engine.cells["memory_management"].text
     assert "num_ctx 4096" in ollama.cells["memory_management"].text
     assert "size_vram" in ollama.cells["memory_management"].text
@@ -223,7 +228,7 @@ def test_chinese_rendering(run: tuple[Path, dict]) -> None:
     cells = parse(html)
     assert list(cells.rows) == ROWS
     assert "原文：30–60 tokens/s" in cells.rows["decode_speed"][0]
-    assert "KV 利用率超过 95%" in cells.rows["memory_management"][0]
+    assert "KV 利用率超过 95%" in cells.rows["kv_utilization"][0]
     assert "块大小 16 tokens" in cells.rows["memory_management"][0]
     want = expected(fx, "engine")
     assert f"{want['aggregate']:.3g} tok/s（c=4 时）" in cells.rows["aggregate"][0]

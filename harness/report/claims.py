@@ -19,8 +19,14 @@ CLAIMS: dict[str, dict[str, tuple[str, str]]] = {
         "vllm": ("VRAM 64–96 GB", "显存 64–96 GB"),
     },
     "memory_management": {
-        "ollama": ("dynamic chunked loading; KV use about 60% (contiguous)", "动态分块加载；KV 利用率约 60%（连续分配）"),
-        "vllm": ("PagedAttention; KV use over 95%", "PagedAttention；KV 利用率超过 95%"),
+        "ollama": ("dynamic chunked loading", "动态分块加载"),
+        "vllm": ("PagedAttention", "PagedAttention"),
+    },
+    # The article's "KV use" is the share of allocated KV memory that holds tokens: the utilization row, not the
+    # pool's occupancy (which says how much of the pool a load needed, and which the article does not quote).
+    "kv_utilization": {
+        "ollama": ("KV use about 60% (contiguous allocation)", "KV 利用率约 60%（连续分配）"),
+        "vllm": ("KV use over 95%", "KV 利用率超过 95%"),
     },
     "decode_speed": {
         "ollama": ("5–15 tokens/s", "5–15 tokens/s"),

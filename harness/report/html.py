@@ -15,7 +15,8 @@ from harness.report import charts, metrics
 from harness.report.claims import SIDE_NAME
 from harness.report.data import Run, backends, run_id
 from harness.report.table import build_table
-from harness.report.text import STRINGS, fmt_bytes, fmt_rate, fmt_seconds, t
+from harness.report.summary import cache_warning_text
+from harness.report.text import STRINGS, fmt_bytes, fmt_pct, fmt_rate, fmt_seconds, t
 
 _ENV = jinja2.Environment(loader=jinja2.FileSystemLoader(Path(__file__).parent), autoescape=True,
                           trim_blocks=True, lstrip_blocks=True)
@@ -67,8 +68,18 @@ def _level_rows(data: Run) -> list[dict[str, str]]:
             "itl": f"{fmt_seconds(r['itl_p50'])} / {fmt_seconds(r['itl_p99'])}",
             "e2e": f"{fmt_seconds(r['e2e_p50'])} / {fmt_seconds(r['e2e_p99'])}",
             "len": fmt_rate(r["output_tokens_mean"]), "batch": str(r["max_decoding"]),
+            "cached": fmt_pct(r["cached_share"]), "beyond": fmt_pct(r["cached_beyond_template_share"]),
+            "warn": bool(r["cache_warning"]),
         })
     return rows
+
+
+def _prompts_note(prompts: dict[str, Any], lang: str) -> str | None:
+    if prompts.get("sharing"):
+        return t("prompts_note", lang, how=t("cache_shared", lang, why=prompts["sharing"]))
+    if prompts.get("tagged"):
+        return t("prompts_note", lang, how=t("prompts_tagged", lang, n=prompts.get("tag_words")))
+    return None
 
 
 def _error_counts(data: Run) -> list[tuple[str, str, int]]:
@@ -96,6 +107,8 @@ def _run_view(data: Run, lang: str) -> dict[str, Any]:
         "version": run.get("pagebench_version"), "backends": views, "levels": run.get("levels", []),
         "scenario": data.scenario_text, "scenario_path": run.get("scenario_path"), "level_rows": _level_rows(data),
         "errors": _error_counts(data), "notes": [t("recomputed", lang)] if data.summary_recomputed else [],
+        "cache_warnings": [cache_warning_text(r, lang) for r in metrics.cache_warnings(metrics.level_stats(data))],
+        "prompts_note": _prompts_note(run.get("prompts") or {}, lang),
     }
 
 

@@ -81,11 +81,26 @@ def level_stats(data: Run) -> pd.DataFrame:
             **{f"{n}_{p}": _get(s, key, p) for n, key in (("ttft", "ttft_s"), ("itl", "itl_s"), ("e2e", "e2e_s"),
                                                           ("decode_tps", "decode_tps")) for p in ("p50", "p99")},
             "max_decoding": max_overlap(mine),
+            **cache_columns(s.get("prompt_cache")),
             "_order": (names.index(s["backend"]), order.index(lv)),
         })
     if not rows:
         return pd.DataFrame(columns=["backend", "level", "mode", "load", "requests", "errors", "output_tps"])
     return pd.DataFrame(rows).sort_values("_order").drop(columns="_order").reset_index(drop=True)
+
+
+def cache_columns(pc: dict[str, Any] | None) -> dict[str, Any]:
+    """The summary's prompt-cache figures as level-table (and levels.csv) columns; None where not reported."""
+    pc = pc if isinstance(pc, dict) else {}
+    return {"cached_share": _num(pc.get("share")), "cached_beyond_template_share": _num(pc.get("beyond_template_share")),
+            "cached_tokens": _num(pc.get("cached_tokens")) if pc.get("requests_reporting") else None,
+            "template_tokens": _num(pc.get("template_tokens")), "cache_warning": bool(pc.get("warning"))}
+
+
+def cache_warnings(stats: pd.DataFrame) -> list[pd.Series]:
+    if stats.empty or "cache_warning" not in stats:
+        return []
+    return [r for _, r in stats[stats["cache_warning"].fillna(False).astype(bool)].iterrows()]
 
 
 def max_overlap(ok: pd.DataFrame) -> int:
@@ -103,10 +118,11 @@ def max_overlap(ok: pd.DataFrame) -> int:
 class Memory:
     peak_bytes: float | None
     source: str  # "gpu", "gpu_device", "ollama_vram", "ram" or "none"
-    kv_usage_peak: float | None
+    kv_usage_peak: float | None  # pool occupancy at its peak: blocks handed out over the pool
     kv_blocks_total: float | None
     running_peak: float | None
     waiting_peak: float | None
+    kv_utilization_at_peak: float | None = None  # tokens held over allocated slots, when occupancy peaked
 
 
 def memory(data: Run, backend: str) -> Memory:
@@ -124,4 +140,20 @@ def memory(data: Run, backend: str) -> Memory:
             continue
         peak_bytes, source = value, src
         break
-    return Memory(peak_bytes, source, peak("kv_usage"), peak("kv_blocks_total"), peak("running"), peak("waiting"))
+    return Memory(peak_bytes, source, peak("kv_usage"), peak("kv_blocks_total"), peak("running"), peak("waiting"),
+                  utilization_at_peak(s))
+
+
+def utilization_at_peak(samples: pd.DataFrame) -> float | None:
+    """The allocated blocks' utilization in the sample where pool occupancy peaked (the fullest of those, on ties).
+
+    Read from the engine's /metrics during the run, so a server that stayed up reports this run's peak, not its own.
+    """
+    if "kv_utilization" not in samples or "kv_usage" not in samples or samples.empty:
+        return None
+    both = pd.DataFrame({"usage": pd.to_numeric(samples["kv_usage"], errors="coerce"),
+                         "util": pd.to_numeric(samples["kv_utilization"], errors="coerce")}).dropna()
+    both = both[both["usage"] > 0]
+    if both.empty:
+        return None
+    return _num(both[both["usage"] == both["usage"].max()]["util"].max())

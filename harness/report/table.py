@@ -14,8 +14,8 @@ TIE = 0.02  # closer than this is a draw, not an advantage
 
 GROUPS: list[tuple[str, list[str]]] = [
     ("g_advantage", ["advantage"]),
-    ("g_memory", ["peak_memory", "memory_management"]),
-    ("g_speed", ["decode_speed", "aggregate", "ttft", "itl", "e2e", "errors"]),
+    ("g_memory", ["peak_memory", "memory_management", "kv_pool", "kv_utilization"]),
+    ("g_speed", ["decode_speed", "aggregate", "ttft", "itl", "e2e", "errors", "prompt_cache"]),
     ("g_batching", ["scaling", "batching"]),
     ("g_hardware", ["hardware"]),
     ("g_deployment", ["deployment", "version", "model"]),
@@ -84,12 +84,40 @@ def _memory_cells(mem: metrics.Memory, kind: str, info: dict[str, Any], lang: st
         if blocks:
             size = f" ({fmt_bytes(info['kv_cache_bytes'])})" if info.get("kv_cache_bytes") else ""
             parts.append(t("kv_blocks", lang, v=int(blocks)) + size)
-        parts.append(t("kv_peak", lang, v=fmt_pct(mem.kv_usage_peak)))
     if kind == "ollama":
         parts += [f"{k} {fmt_bytes(info[k])}" for k in ("size_vram", "size") if info.get(k) is not None]
         parts += [f"{k} {info[k]}" for k in ("num_ctx", "processor") if info.get(k) is not None]
-    return {"peak_memory": peak,
-            "memory_management": Cell(" · ".join(parts) or t("not_measured", lang), value=mem.kv_usage_peak)}
+    pool = (Cell(t("kv_pool_cell", lang, v=fmt_pct(mem.kv_usage_peak)), value=mem.kv_usage_peak)
+            if mem.kv_usage_peak is not None else Cell(t("not_reported", lang)))
+    util = (Cell(t("kv_util_cell", lang, v=fmt_pct(mem.kv_utilization_at_peak)), value=mem.kv_utilization_at_peak)
+            if mem.kv_utilization_at_peak is not None else Cell(t("not_reported", lang)))
+    return {"peak_memory": peak, "memory_management": Cell(" · ".join(parts) or t("not_measured", lang)),
+            "kv_pool": pool, "kv_utilization": util}
+
+
+def _cache_cell(data: Run, name: str, lang: str) -> Cell:
+    """Prompt tokens the server took from its cache, over all measured levels, and the levels that warn."""
+    pcs = [(s.get("level"), s["prompt_cache"]) for s in data.summary or []
+           if s.get("backend") == name and isinstance(s.get("prompt_cache"), dict)]
+    pcs = [(lv, pc) for lv, pc in pcs if pc.get("requests_reporting")]
+    if not pcs:
+        return Cell(t("not_reported", lang))
+    prompt = sum(pc.get("prompt_tokens") or 0 for _, pc in pcs)
+    share = sum(pc.get("cached_tokens") or 0 for _, pc in pcs) / prompt if prompt else None
+    with_template = [pc for _, pc in pcs if pc.get("beyond_template_share") is not None]
+    if with_template:
+        beyond = sum(pc["beyond_template_tokens"] for pc in with_template) / sum(pc["prompt_tokens"] for pc in with_template)
+        text = t("cache_cell", lang, share=fmt_pct(share), beyond=fmt_pct(beyond))
+    else:
+        beyond = None
+        text = t("cache_cell_no_template", lang, share=fmt_pct(share))
+    warned = [str(lv) for lv, pc in pcs if pc.get("warning")]
+    if warned:
+        text += " · " + t("cache_warn_cell", lang, levels=", ".join(warned))
+    sharing = (data.run.get("prompts") or {}).get("sharing")
+    if sharing:
+        text += " · " + t("cache_shared", lang, why=sharing)
+    return Cell(text, value=share, values={"beyond_template": beyond, "warning": float(bool(warned))})
 
 
 def _speed_cells(mine: pd.DataFrame, low: pd.Series | None, high: pd.Series | None, lang: str) -> dict[str, Cell]:
@@ -154,10 +182,14 @@ def _column(data: Run, backend: dict[str, Any], stats: pd.DataFrame, lang: str) 
     low, high = _pick(mine, order, False), _pick(mine, order, True)
     mem = metrics.memory(data, name)
     cells = {"advantage": Cell("—"), **_memory_cells(mem, kind, info, lang), **_speed_cells(mine, low, high, lang),
+             "prompt_cache": _cache_cell(data, name, lang),
              **_batching_cells(low, high, mem, info, lang), **_deployment_cells(data, backend, info, lang)}
     side = backend.get("side") or claims.ARTICLE_SIDE.get(kind, "")
     for row_id, cell in cells.items():
         cell.claim = claims.claim(row_id, side, lang)
+    if side == "ollama" and cells["kv_utilization"].value is None:
+        # "About 60%" answers allocated-slot utilization; a server that does not report it has nothing to set beside it.
+        cells["kv_utilization"].claim = ""
     return Column(run_id(data), name, kind, side,
                   None if low is None else str(low["level"]), None if high is None else str(high["level"]),
                   mem.source, cells)

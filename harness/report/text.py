@@ -18,6 +18,9 @@ STRINGS: dict[str, tuple[str, str]] = {
     "advantage": ("Measured advantage", "实测优势"),
     "peak_memory": ("Peak memory", "峰值显存/内存"),
     "memory_management": ("KV cache and model placement", "KV 缓存与模型放置"),
+    "kv_pool": ("KV pool occupancy at peak", "KV 池峰值占用"),
+    "kv_utilization": ("KV use: allocated blocks' slots holding tokens, at peak", "KV 利用率：已分配块中存有 token 的槽位（峰值时）"),
+    "prompt_cache": ("Prompt tokens from the server's cache", "来自服务端缓存的提示 token"),
     "decode_speed": ("Decode speed per stream (p50)", "单流解码速度（p50）"),
     "aggregate": ("Aggregate output at highest load", "最高负载下总输出速度"),
     "ttft": ("Time to first token (TTFT)", "首 token 延迟（TTFT）"),
@@ -44,7 +47,22 @@ STRINGS: dict[str, tuple[str, str]] = {
     "mem_ram": ("RAM (CPU-only host)", "内存（无 GPU 主机）"),
     "block_size": ("block size {v} tokens", "块大小 {v} tokens"),
     "kv_blocks": ("{v} KV blocks", "{v} 个 KV 块"),
-    "kv_peak": ("peak KV use {v}", "KV 峰值利用率 {v}"),
+    "kv_pool_cell": ("{v} of the pool's blocks held", "池中 {v} 的块被占用"),
+    "kv_util_cell": ("{v} of the allocated blocks' token slots hold tokens", "已分配块中 {v} 的 token 槽位存有 token"),
+    "not_reported": ("not reported by this server", "该服务端未报告"),
+    "cache_cell": ("{share} of prompt tokens, {beyond} beyond the chat template", "提示 token 的 {share}，超出聊天模板部分 {beyond}"),
+    "cache_cell_no_template": ("{share} of prompt tokens", "提示 token 的 {share}"),
+    "cache_shared": ("shared prompts asked for by the scenario: {why}", "场景要求共享提示：{why}"),
+    "cache_warn_cell": ("⚠ NOT FRESH PROMPTS at {levels}: above 1% beyond the template", "⚠ {levels} 的提示并非全新：超出模板部分高于 1%"),
+    "cache_warning": ("Warning: {backend} at {level} took {beyond} of its prompt tokens from the server's cache beyond the "
+                      "chat template ({share} in all), though the scenario asks for no shared prompts. Its latencies and "
+                      "throughput are not those of fresh prompts.",
+                      "警告：{backend} 在 {level} 有 {beyond} 的提示 token 来自服务端缓存（超出聊天模板部分；合计 {share}），"
+                      "而场景并未要求共享提示。其延迟与吞吐并非全新提示下的结果。"),
+    "prompts_note": ("Prompts: {how}", "提示：{how}"),
+    "prompts_tagged": ("every request of this run had a prompt of its own, starting with a {n}-word tag drawn for this "
+                       "run, so no server cache could hold more of it than the chat template",
+                       "本次运行每个请求都有自己的提示，开头是为本次运行抽取的 {n} 个词的标记，服务端缓存最多只能命中聊天模板部分"),
     "errors_of": ("{e} of {n} ({p})", "{n} 个中 {e} 个（{p}）"),
     "scaling_cell": ("×{x} from {a} to {b} ({ta} → {tb} tok/s)", "{a} 到 {b}：×{x}（{ta} → {tb} tok/s）"),
     "one_level": ("one load level only", "只有一个负载等级"),
