@@ -7,6 +7,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +44,8 @@ class Launched:
     url: str
     log_path: Path
     started: float
+    # `harness.reaper`, which ends the server's process group if bench's process ends without stopping it.
+    reaper: subprocess.Popen | None = None
 
     @property
     def command(self) -> str:
@@ -60,6 +63,11 @@ class Launched:
 
     async def stop(self, timeout_s: float) -> int | None:
         """SIGTERM to the whole process group, then SIGKILL; children such as Ollama's runners go too."""
+        if self.reaper is not None:
+            # Ended first: once the server is reaped its group id may be reused by some other process.
+            self.reaper.kill()
+            self.reaper.wait()
+            self.reaper.stdin.close()
         try:
             if self.proc.poll() is None:
                 with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -120,4 +128,12 @@ def start(cfg: BackendBase, log_path: Path) -> Launched:
         raise BackendError(f"cannot start `{' '.join(argv)}`: {e.strerror or e}") from None
     finally:
         log.close()
-    return Launched(proc, argv, url, log_path, time.monotonic())
+    return Launched(proc, argv, url, log_path, time.monotonic(), start_reaper(proc, cfg.stop_timeout_s))
+
+
+def start_reaper(server: subprocess.Popen, grace_s: float) -> subprocess.Popen:
+    """The server has its own session (a Ctrl-C in bench's terminal is bench's to handle), so nothing else would
+    end it if bench were killed outright."""
+    return subprocess.Popen([sys.executable, "-m", "harness.reaper", str(server.pid), str(grace_s)],
+                            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True, cwd=Path(__file__).resolve().parents[1])

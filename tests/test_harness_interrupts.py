@@ -1,0 +1,67 @@
+"""bench killed outright leaves no server behind."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+
+from tests.test_harness_run import FAKE, REPO, scenario
+
+
+def start_bench(path: Path, out: Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "harness.cli", "run", str(path), "--out", str(out), "--no-report"],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for_rows(out: Path, n: int, timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        reqs = list(out.glob("*/requests.jsonl"))
+        if reqs and len(reqs[0].read_text().splitlines()) >= n:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"fewer than {n} requests recorded after {timeout_s:g}s")
+
+
+def running(p: psutil.Process) -> bool:
+    try:
+        return p.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def test_a_bench_killed_with_sigkill_leaves_no_server_running(tmp_path):
+    """The launch goes through a shell whose child is the server, as wrapper scripts do."""
+    path = scenario(tmp_path, f"""
+        - name: engine
+          kind: paged
+          model: fake
+          launch: "sh -c '{FAKE} --ttft-ms 5 --itl-ms 20 & wait'"
+        """, load="concurrency: 2\n  requests: 5000")
+    out = tmp_path / "out"
+    bench = start_bench(path, out)
+    try:
+        wait_for_rows(out, 2)
+        launched = [p for p in psutil.Process(bench.pid).children(recursive=True)
+                    if "harness.reaper" not in " ".join(p.cmdline())]
+        assert any("fake_exact_server" in " ".join(p.cmdline()) for p in launched), launched
+        bench.send_signal(signal.SIGKILL)
+        bench.wait(10)
+        started = time.monotonic()
+        while (alive := [p for p in launched if running(p)]) and time.monotonic() - started < 15:
+            time.sleep(0.1)
+        elapsed = time.monotonic() - started
+    finally:
+        bench.kill()
+        bench.communicate()
+    described = [f"{p.pid} {' '.join(p.cmdline())}" for p in alive]
+    for p in alive:
+        p.kill()
+    assert not alive, f"still running 15 s after bench was killed: {described}"
+    print(f"launched server gone {elapsed:.1f}s after bench was killed")
+
