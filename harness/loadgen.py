@@ -45,6 +45,7 @@ def plans(sc: Scenario) -> list[LevelPlan]:
 
 
 OnRecord = Callable[[RequestRecord], None]
+INTERRUPTED = "interrupted"
 
 
 class LevelRun:
@@ -78,7 +79,15 @@ class LevelRun:
 
     async def _one(self, k: int, intended: float, user: int | None) -> None:
         rec = self._record(k, intended, user)
-        await self.backend.generate(self.items[k % len(self.items)], rec, self.plan.timeout_s)
+        try:
+            await self.backend.generate(self.items[k % len(self.items)], rec, self.plan.timeout_s)
+        except asyncio.CancelledError:
+            # Ctrl-C or SIGTERM mid-request: the row is kept, marked, instead of vanishing with its task.
+            rec.error = INTERRUPTED
+            rec.finished = time.perf_counter()
+            rec.sent = rec.sent or rec.finished
+            self.on_record(rec)
+            raise
         if not rec.finished:
             rec.finished = time.perf_counter()
         if rec.sent == 0.0:

@@ -61,7 +61,9 @@ def summarize_level(rows: list[dict[str, Any]], slo: dict[str, float | None] | N
                     shared: bool | None = None) -> dict[str, Any]:
     measured = [r for r in rows if r.get("phase") == "measure"]
     ok = [r for r in measured if not r.get("error")]
-    errors = len(measured) - len(ok)
+    # Cut short by the user (Ctrl-C), not failed by the server: counted apart from errors.
+    interrupted = sum(1 for r in measured if r.get("error") == "interrupted")
+    errors = len(measured) - len(ok) - interrupted
     first = rows[0] if rows else {}
     if measured:
         start = min(r["intended_send"] for r in measured)
@@ -83,6 +85,7 @@ def summarize_level(rows: list[dict[str, Any]], slo: dict[str, float | None] | N
         "rate": first.get("rate"),
         "requests": len(measured),
         "errors": errors,
+        "interrupted": interrupted,
         "error_rate": errors / len(measured) if measured else None,
         "duration_s": duration,
         "request_throughput": rate(len(ok)),
