@@ -114,7 +114,9 @@ def start(cfg: BackendBase, log_path: Path) -> Launched:
     url = (cfg.url or f"http://127.0.0.1:{port}").replace("{port}", str(port))
     if cfg.kind == "ollama":
         host = url.split("://", 1)[1].rstrip("/")
-        ours = {"OLLAMA_HOST": host, "OLLAMA_CONTEXT_LENGTH": str(cfg.num_ctx), "OLLAMA_KEEP_ALIVE": str(cfg.keep_alive)}
+        ours = {"OLLAMA_HOST": host, "OLLAMA_KEEP_ALIVE": str(cfg.keep_alive)}
+        if cfg.num_ctx:
+            ours["OLLAMA_CONTEXT_LENGTH"] = str(cfg.num_ctx)
         if cfg.num_parallel:
             ours["OLLAMA_NUM_PARALLEL"] = str(cfg.num_parallel)
         env.update({k: v for k, v in ours.items() if k not in cfg.env})

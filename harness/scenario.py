@@ -172,7 +172,8 @@ class OpenAIBackend(BackendBase):
 
 class OllamaBackend(BackendBase):
     kind: Literal["ollama"]
-    num_ctx: PositiveInt = 4096
+    num_ctx: PositiveInt | None = Field(4096, description="context per request (OLLAMA_CONTEXT_LENGTH for a launched "
+                                       "server); null leaves it to Ollama, whose default depends on its version and VRAM")
     keep_alive: str | float = "30m"
     num_parallel: PositiveInt | None = Field(None, description="OLLAMA_NUM_PARALLEL for a launched server")
     pull: bool = Field(False, description="pull the model if the server lacks it")

@@ -42,7 +42,9 @@ class OllamaNativeBackend(Backend):
 
     def options(self, item: WorkItem | None) -> dict[str, Any]:
         w = self.workload
-        opts: dict[str, Any] = {"num_ctx": self.cfg.num_ctx, "temperature": w.temperature}
+        opts: dict[str, Any] = {"temperature": w.temperature}
+        if self.cfg.num_ctx:
+            opts["num_ctx"] = self.cfg.num_ctx
         if w.top_p is not None:
             opts["top_p"] = w.top_p
         if item is not None:

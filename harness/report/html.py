@@ -14,6 +14,7 @@ from plotly.offline import get_plotlyjs
 from harness.report import charts, metrics
 from harness.report.claims import SIDE_NAME
 from harness.report.data import Run, backends, run_id
+from harness.report.server_timings import server_timings
 from harness.report.table import build_table
 from harness.report.summary import cache_warning_text
 from harness.report.text import STRINGS, fmt_bytes, fmt_pct, fmt_rate, fmt_seconds, t
@@ -74,6 +75,13 @@ def _level_rows(data: Run) -> list[dict[str, str]]:
     return rows
 
 
+def _server_timing_rows(data: Run) -> list[dict[str, str]]:
+    return [{"backend": t.backend, "level": t.level, "requests": str(t.requests), "ttft": fmt_seconds(t.ttft_p50),
+             "prompt_eval": fmt_seconds(t.prompt_eval_p50), "load": fmt_seconds(t.load_p50),
+             "decode": fmt_rate(t.decode_p50), "eval_rate": fmt_rate(t.eval_rate_p50), "notes": t.notes}
+            for t in server_timings(data)]
+
+
 def _prompts_note(prompts: dict[str, Any], lang: str) -> str | None:
     if prompts.get("sharing"):
         return t("prompts_note", lang, how=t("cache_shared", lang, why=prompts["sharing"]))
@@ -106,6 +114,7 @@ def _run_view(data: Run, lang: str) -> dict[str, Any]:
         "gpus": [{**g, "memory": fmt_bytes(g.get("memory_total_bytes"))} for g in (run.get("host") or {}).get("gpus", [])],
         "version": run.get("pagebench_version"), "backends": views, "levels": run.get("levels", []),
         "scenario": data.scenario_text, "scenario_path": run.get("scenario_path"), "level_rows": _level_rows(data),
+        "server_timings": _server_timing_rows(data),
         "errors": _error_counts(data), "notes": [t("recomputed", lang)] if data.summary_recomputed else [],
         "cache_warnings": [cache_warning_text(r, lang) for r in metrics.cache_warnings(metrics.level_stats(data))],
         "prompts_note": _prompts_note(run.get("prompts") or {}, lang),

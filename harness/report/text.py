@@ -109,6 +109,11 @@ STRINGS: dict[str, tuple[str, str]] = {
     "vs_load": ("Throughput and p99 latency against load", "吞吐与 p99 延迟随负载变化"),
     "over_time": ("Output tokens/s and memory over time", "输出速度与内存随时间变化"),
     "lengths": ("Output length distribution", "输出长度分布"),
+    "server_timings": ("The server's own timings", "服务端自报的计时"),
+    "server_timings_intro": ("Ollama reports how long it spent evaluating the prompt and generating, per request. "
+                             "Beside them, what the harness measured at the client for the same requests.",
+                             "Ollama 为每个请求报告提示词评估与生成所用的时间；旁边是压测端对同一批请求的实测值。"),
+    "where_they_differ": ("where they differ", "差异说明"),
     "errors_time": ("Errors over time (cumulative)", "错误数随时间变化（累计）"),
     "recomputed": ("summary.json was missing (the run did not finish); the aggregates were recomputed from the rows.",
                    "缺少 summary.json（运行未结束），汇总数据由原始记录重新计算。"),
