@@ -78,9 +78,10 @@ def test_two_backends_fill_the_run_folder_contract(tmp_path):
     assert llama.version == "0.0.0-fake_exact_server" and llama.info["processor"] == "100% CPU" and llama.info["num_parallel"] == 2
     reqs = [RequestRow.model_validate(r) for r in rows(d, "requests")]
     assert len(reqs) == 2 * 2 * 5 and all(r.error is None for r in reqs)
-    for lv in ("c=1", "c=2"):
+    for first, lv in ((0, "c=1"), (5, "c=2")):
+        # the same prompts on both backends; each level its own range, so no prompt of a run is sent twice
         orders = {b: sorted(r.index for r in reqs if r.backend == b and r.level == lv) for b in ("engine", "llama")}
-        assert orders["engine"] == orders["llama"] == list(range(5))
+        assert orders["engine"] == orders["llama"] == list(range(first, first + 5))
     assert all(r.output_tokens == 6 for r in reqs if r.backend == "engine")
     assert all(r.server["eval_count"] == 6 for r in reqs if r.backend == "llama")
     samples = [SampleRow.model_validate(s) for s in rows(d, "samples")]
