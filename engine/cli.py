@@ -51,6 +51,7 @@ def serve(
         typer.secho(f"engine serve: {e}", err=True, fg=typer.colors.RED)
         raise typer.Exit(2) from None
     from engine.server.serve import ServeArgs, serve as run
+    from engine.tp_workers import WorkerFailed
 
     engine_kwargs = dict(dtype=dtype, device=device, block_size=block_size, max_num_seqs=max_num_seqs,
                          max_num_batched_tokens=max_num_batched_tokens, kv_cache_fraction=kv_cache_fraction,
@@ -65,6 +66,9 @@ def serve(
     except (ValueError, FileNotFoundError) as e:
         typer.secho(f"engine serve: {e}", err=True, fg=typer.colors.RED)
         raise typer.Exit(2) from None
+    except WorkerFailed as e:
+        typer.secho(f"engine serve: {e}", err=True, fg=typer.colors.RED)
+        raise typer.Exit(1) from None
     finally:
         sock.close()
 

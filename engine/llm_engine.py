@@ -7,36 +7,16 @@ from dataclasses import dataclass
 import torch
 
 from engine.block_manager import BlockManager
-from engine.config import EngineConfig, ModelConfig
+from engine.config import EngineConfig
 from engine.detokenizer import IncrementalDetokenizer
-from engine.model_loader import load_model, read_model_config
+from engine.model_loader import LoadedModel, load_model, read_model_config
 from engine.model_runner import ModelRunner
 from engine.outputs import EngineStats, RequestOutput
 from engine.sampling_params import SamplingParams
 from engine.scheduler import ScheduledBatch, Scheduler
 from engine.sequence import PENDING, RequestMetrics, Sequence, SequenceStatus
-from engine.tp_workers import TPGroup, TPLaunch, check_divisible, free_port, init_rank
-
-DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
-          "float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
-          "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
-def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    if dtype == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    if dtype not in DTYPES:
-        raise ValueError(f"dtype must be one of auto, {', '.join(DTYPES)}; got {dtype!r}")
-    return DTYPES[dtype]
-
+from engine.startup import max_model_len, resolve_device, resolve_dtype
+from engine.tp_workers import TPGroup, TPLaunch, check_divisible, init_rank
 
 @dataclass(slots=True)
 class InFlight:
@@ -62,16 +42,17 @@ class LLMEngine:
                           self.config.tensor_parallel_size, 0, kwargs, hf_config, tokenizer)
         if launch.world_size > 1:
             self._start_workers(launch)
-        loaded = load_model(model, self.dtype, self.device, self.config.seed, hf_config, tokenizer)
+            self.device, loaded, self.runner = self.tp_group.start(
+                lambda store: self._load(launch, hf_config, tokenizer, store))
+        else:
+            loaded, self.runner = self._load(launch, hf_config, tokenizer)[1:]
         self.model_config = loaded.config
         self.tokenizer = loaded.tokenizer
         self.source = loaded.source
         self.quantization = loaded.quantization
         self.weights_bytes_per_rank = sum(p.numel() * p.element_size() for p in loaded.model.parameters())
         self.weights_bytes = self.weights_bytes_per_rank * self.config.tensor_parallel_size
-        self.max_model_len = max_model_len(self.config, self.model_config)
-        self.runner = ModelRunner(self.config, self.model_config, loaded.model, self.device, self.dtype,
-                                  self.max_model_len)
+        self.max_model_len = self.runner.max_model_len
         self.block_manager = BlockManager(self.runner.num_blocks, self.config.block_size,
                                           self.config.enable_prefix_caching)
         self.scheduler = Scheduler(self.block_manager, self.config.max_num_seqs, self.config.max_num_batched_tokens)
@@ -94,9 +75,16 @@ class LLMEngine:
         if self.device.type == "cuda" and torch.cuda.device_count() < launch.world_size:
             raise ValueError(f"tensor_parallel_size {launch.world_size} needs as many GPUs; "
                              f"{torch.cuda.device_count()} visible")
-        launch.port = free_port()
         self.tp_group = TPGroup(launch)
-        self.device = init_rank(0, launch)
+
+    def _load(self, launch: TPLaunch, hf_config: dict | None, tokenizer: str | None,
+              store: object | None = None) -> tuple[torch.device, LoadedModel, ModelRunner]:
+        """Rank 0's share of the start-up: under TP it waits on the workers, so TPGroup.start watches it."""
+        device = init_rank(0, launch, store) if store is not None else self.device
+        loaded = load_model(launch.model, self.dtype, device, self.config.seed, hf_config, tokenizer)
+        runner = ModelRunner(self.config, loaded.config, loaded.model, device, self.dtype,
+                             max_model_len(self.config, loaded.config))
+        return device, loaded, runner
 
     def close(self) -> None:
         if self.tp_group is not None:
@@ -304,15 +292,3 @@ class LLMEngine:
             kv_utilization_at_peak=self.utilization_at_peak, kv_utilization=self.kv_utilization(),
         )
 
-
-def max_model_len(config: EngineConfig, model_config: "ModelConfig") -> int:
-    limit = config.max_model_len or model_config.max_position_embeddings
-    return min(limit, model_config.max_position_embeddings)
-
-
-def build_runner(launch: TPLaunch, device: torch.device) -> ModelRunner:
-    """A tensor-parallel worker's share of the model and its KV pool."""
-    config = EngineConfig(model=launch.model, dtype=launch.dtype, device=device.type, **launch.engine_kwargs)
-    dtype = resolve_dtype(launch.dtype, device)
-    loaded = load_model(launch.model, dtype, device, config.seed, launch.hf_config, launch.tokenizer)
-    return ModelRunner(config, loaded.config, loaded.model, device, dtype, max_model_len(config, loaded.config))

@@ -1,23 +1,42 @@
 """Tensor parallelism: one worker process per extra rank; rank 0, in the engine's process, schedules and broadcasts.
 
-torch.distributed does the work: NCCL between GPUs, gloo on the CPU.
+torch.distributed does the work: NCCL between GPUs, gloo on the CPU. Workers are fresh interpreters
+(`python -c`), not multiprocessing children: nothing re-runs the user's script in them, so a script with no
+`if __name__ == "__main__":` guard works, and each worker's stderr comes back through a pipe to say why it died.
 """
 import atexit
-import multiprocessing as mp
 import os
+import pickle
+import signal
 import socket
+import struct
+import subprocess
+import sys
 import threading
 import time
+from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
 
+import engine
 from engine import step_inputs
 
 # Multicast over NVLink can take a shared host's GPUs out of service; never let NCCL use it.
 SAFE_ENV = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
+TAIL_LINES = 12
+JOINED_KEY = "pagebench/workers-joined"
+# Only a bound for a worker that lives but never arrives; rank 0 watches the workers' processes meanwhile.
+RENDEZVOUS_TIMEOUT_S = 600.0
+T = TypeVar("T")
+
+
+class WorkerFailed(RuntimeError):
+    """A tensor-parallel worker died; the message carries how and the last lines it wrote."""
 
 
 @dataclass(slots=True)
@@ -46,15 +65,25 @@ def check_divisible(num_heads: int, num_kv_heads: int, world_size: int) -> None:
                          f"one must divide the other")
 
 
-def init_rank(rank: int, launch: TPLaunch) -> torch.device:
+def init_rank(rank: int, launch: TPLaunch, store: dist.Store | None = None) -> torch.device:
+    """Joins the group; rank 0 passes the store it serves, the workers reach it at launch.port."""
     os.environ.update(SAFE_ENV)
     if launch.device_type == "cuda":
         torch.cuda.set_device(rank)
         device, backend = torch.device("cuda", rank), "nccl"
     else:
         device, backend = torch.device("cpu"), "gloo"
-    dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{launch.port}", rank=rank,
-                            world_size=launch.world_size, timeout=timedelta(seconds=collective_timeout_s()))
+    if store is None:
+        store = dist.TCPStore("127.0.0.1", launch.port, launch.world_size, is_master=False,
+                              timeout=timedelta(seconds=RENDEZVOUS_TIMEOUT_S))
+        store.add(JOINED_KEY, 1)
+    else:
+        # gloo's rendezvous waits no longer than one collective may (seconds, in some tests), while a worker's
+        # imports alone can take longer on a busy host: rank 0 joins once every worker is at the door.
+        while store.add(JOINED_KEY, 0) < launch.world_size - 1:
+            time.sleep(0.05)
+    timeout = timedelta(seconds=collective_timeout_s())
+    dist.init_process_group(backend, store=store, rank=rank, world_size=launch.world_size, timeout=timeout)
     step_inputs.open_channel()
     return device
 
@@ -93,7 +122,7 @@ def teardown(timeout_s: float = TEARDOWN_TIMEOUT_S) -> bool:
 
 
 def worker_main(rank: int, launch: TPLaunch) -> None:
-    from engine.llm_engine import build_runner
+    from engine.startup import build_runner
 
     dump_after = os.environ.get("PAGEBENCH_HANG_DUMP_S")
     if dump_after:
@@ -102,7 +131,7 @@ def worker_main(rank: int, launch: TPLaunch) -> None:
         faulthandler.dump_traceback_later(float(dump_after), exit=False)
 
     device = init_rank(rank, launch)
-    runner = build_runner(launch, device)
+    runner = build_runner(launch.model, launch.dtype, device, launch.engine_kwargs, launch.hf_config)
     while (step := step_inputs.receive()) is not None:
         with torch.inference_mode():
             runner.forward(step)
@@ -113,43 +142,177 @@ def worker_main(rank: int, launch: TPLaunch) -> None:
         os._exit(0)  # the rank's work is done; leave the stuck NCCL teardown to the driver
 
 
+def worker_process() -> None:
+    """A worker's entry: rank and launch arrive pickled on stdin, and stdin's end means rank 0's process is gone.
+
+    Without that a worker whose rank 0 was killed would wait for its next step for as long as the idle wait lasts,
+    holding its GPU."""
+    # Raw reads of fd 0 only: a daemon thread blocked inside sys.stdin's buffered reader aborts the interpreter's
+    # exit ("could not acquire lock ... at interpreter shutdown").
+    size = struct.unpack("<q", _read_exactly(0, 8))[0]
+    rank, launch = pickle.loads(_read_exactly(0, size))
+
+    def exit_when_rank0_is_gone() -> None:
+        while os.read(0, 1 << 16):
+            pass
+        os._exit(1)
+
+    threading.Thread(target=exit_when_rank0_is_gone, daemon=True, name="rank0-watch").start()
+    worker_main(rank, launch)
+
+
+def _read_exactly(fd: int, n: int) -> bytes:
+    data = b""
+    while len(data) < n:
+        chunk = os.read(fd, n - len(data))
+        if not chunk:
+            raise SystemExit("rank 0 closed the pipe before sending this worker its launch")
+        data += chunk
+    return data
+
+
+class Worker:
+    """One worker process, its stderr passed through to ours with its name, and its last lines kept."""
+
+    def __init__(self, rank: int, launch: TPLaunch) -> None:
+        self.name = f"tp-rank-{rank}"
+        root = os.path.dirname(os.path.dirname(os.path.abspath(engine.__file__)))
+        path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)
+        env = {**os.environ, **SAFE_ENV, "PYTHONPATH": path}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", "from engine.tp_workers import worker_process; worker_process()"],
+            stdin=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+        self.tail: deque[str] = deque(maxlen=TAIL_LINES)
+        self._reader = threading.Thread(target=self._pass_stderr, daemon=True, name=f"{self.name}-stderr")
+        self._reader.start()
+        try:
+            payload = pickle.dumps((rank, launch))
+            self.proc.stdin.write(struct.pack("<q", len(payload)) + payload)
+            self.proc.stdin.flush()
+        except BrokenPipeError:
+            pass  # it died at once; its exit code and stderr say why
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    @property
+    def exitcode(self) -> int | None:
+        return self.proc.poll()
+
+    def is_alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def join(self, timeout: float | None = None) -> None:
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            pass
+
+    def kill(self) -> None:
+        if self.is_alive():
+            self.proc.kill()
+
+    def _pass_stderr(self) -> None:
+        for raw in self.proc.stderr:
+            line = raw.decode("utf-8", "replace").rstrip()
+            self.tail.append(line)
+            try:
+                print(f"({self.name}) {line}", file=sys.stderr, flush=True)
+            except (OSError, ValueError):
+                pass  # our own stderr is closed; the tail is still kept
+
+    def describe(self, during: str) -> str:
+        """How the worker ended, with the last lines it wrote (its traceback, when Python raised)."""
+        self._reader.join(10)  # the pipe ends with the process; only a busy host delays the last lines
+        code = self.proc.poll()
+        if code is not None and code < 0:
+            how = f"exited (killed by {signal.Signals(-code).name}"
+            how += ": out of memory, or killed by hand)" if code == -signal.SIGKILL else ")"
+        else:
+            how = f"exited with code {code}"
+        lines = [line for line in self.tail if line.strip()]
+        said = "; its last lines:\n" + "\n".join(f"  {line}" for line in lines) if lines else ""
+        return f"tensor-parallel worker {self.name} {how} {during}{said}"
+
+
 class TPGroup:
     def __init__(self, launch: TPLaunch) -> None:
-        ctx = mp.get_context("spawn")
-        env_backup = {k: os.environ.get(k) for k in SAFE_ENV}
-        os.environ.update(SAFE_ENV)
-        self.procs = [ctx.Process(target=worker_main, args=(r, launch), daemon=True, name=f"tp-rank-{r}")
-                      for r in range(1, launch.world_size)]
-        for p in self.procs:
-            p.start()
-        for k, v in env_backup.items():
-            if v is None:
-                os.environ.pop(k, None)
+        # Rank 0 serves the rendezvous on a port the kernel picks: no other process can take it in between.
+        self.store = dist.TCPStore("127.0.0.1", 0, launch.world_size, is_master=True, wait_for_workers=False,
+                                   timeout=timedelta(seconds=RENDEZVOUS_TIMEOUT_S))
+        launch.port = self.store.port
+        self.procs = [Worker(r, launch) for r in range(1, launch.world_size)]
         self.failure: str | None = None
         self.closed = False
+        self.started = False
         self.teardown_stuck = False
         threading.Thread(target=self._watch, daemon=True, name="tp-watch").start()
         atexit.register(self.shutdown)
+
+    def start(self, rank0_startup: Callable[[dist.Store], T]) -> T:
+        """Runs rank 0's start-up (rendezvous, loading, the first collectives) while watching the workers.
+
+        Those steps wait on the other ranks inside torch.distributed, where nothing notices that a peer has died:
+        a worker that died before it joined left rank 0 waiting in the rendezvous for the whole timeout. So the
+        start-up runs in a thread, and this one ends it the moment a worker's process ends, with that worker's
+        own last words."""
+        outcome: dict[str, object] = {}
+
+        def run() -> None:
+            try:
+                outcome["value"] = rank0_startup(self.store)
+            except BaseException as e:  # handed to the caller's thread below
+                outcome["error"] = e
+
+        thread = threading.Thread(target=run, daemon=True, name="tp-rank-0-startup")
+        thread.start()
+        try:
+            while thread.is_alive():
+                thread.join(0.1)
+                if self.failure is not None:
+                    raise WorkerFailed(self.failure)
+            if "error" in outcome:
+                # A collective that failed because its peer vanished: the peer's own error is the one to show.
+                deadline = time.monotonic() + 2.0
+                while self.failure is None and time.monotonic() < deadline and not self.closed:
+                    time.sleep(0.05)
+                if self.failure is not None:
+                    raise WorkerFailed(self.failure) from outcome["error"]
+                raise outcome["error"]
+        except BaseException:
+            self.abort(thread)
+            raise
+        self.started = True
+        return outcome["value"]
 
     def _watch(self) -> None:
         while not self.closed:
             for p in self.procs:
                 if not p.is_alive() and not self.closed:
-                    self.failure = f"tensor-parallel worker {p.name} exited with code {p.exitcode}"
+                    self.failure = p.describe("after start-up" if self.started else "while starting")
                     self._kill()
                     return
-            time.sleep(0.5)
+            time.sleep(0.1)
 
     def check(self) -> None:
         if self.failure:
-            raise RuntimeError(self.failure)
+            raise WorkerFailed(self.failure)
 
     def _kill(self) -> None:
         for p in self.procs:
-            if p.is_alive():
-                p.kill()
+            p.kill()
         for p in self.procs:
             p.join(timeout=5)
+
+    def abort(self, startup: threading.Thread | None = None) -> None:
+        """Start-up failed on some rank: no worker outlives it, and rank 0 leaves the group it may have joined."""
+        self.closed = True
+        self._kill()
+        if startup is not None:
+            startup.join(5)  # its collectives fail now that the peers are gone; the rendezvous may not, and is left
+        if startup is None or not startup.is_alive():
+            self.teardown_stuck = not teardown()
 
     def shutdown(self) -> None:
         if self.closed:

@@ -1,12 +1,19 @@
 """Start-up mistakes end in seconds with a message that says what to do, and leave nothing running."""
+import contextlib
+import os
+import signal
 import socket
 import subprocess
 import sys
 import time
 
 import httpx
+import psutil
+import pytest
 
+from engine import LLM, SamplingParams
 from tests.server_process import running_server, tiny_model_dir
+from tests.tiny_models import make_tiny_checkpoint
 
 
 def test_a_port_in_use_fails_before_anything_loads(tmp_path):
@@ -32,3 +39,87 @@ def test_the_claimed_port_is_the_one_served_and_a_second_server_is_refused(tmp_p
                               capture_output=True, text=True, timeout=120)
         assert done.returncode == 2 and f"port {port} on 127.0.0.1 is already in use" in done.stderr
         assert httpx.get(f"{server.url}/health", timeout=10).status_code == 200
+
+
+# The way most first scripts are written: everything at module level, no `if __name__ == "__main__":` guard.
+UNGUARDED_TP_SCRIPT = """
+import sys
+from engine import LLM, SamplingParams
+
+llm = LLM(sys.argv[1], dtype="float32", device="cpu", kv_cache_tokens=2048, tensor_parallel_size=2)
+out = llm.generate([[5, 6, 7, 8, 9]], SamplingParams(temperature=0.0, max_tokens=8, min_tokens=8))
+print("TOKENS", out[0].token_ids)
+"""
+
+
+@pytest.fixture(scope="module")
+def tp_script(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tp-startup")
+    make_tiny_checkpoint("llama", str(folder / "model"))
+    script = folder / "first_script.py"
+    script.write_text(UNGUARDED_TP_SCRIPT)
+    return script, str(folder / "model")
+
+
+def run_script(script, model: str, timeout_s: float, env: dict | None = None,
+               meanwhile=None) -> tuple[subprocess.CompletedProcess, float]:
+    """Runs the script in its own session (so nothing it starts can escape the test) and kills what is left."""
+    started = time.monotonic()
+    proc = subprocess.Popen([sys.executable, str(script), model], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env={**os.environ, **(env or {})}, start_new_session=True)
+    try:
+        if meanwhile:
+            meanwhile(proc)
+        out, err = proc.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        pytest.fail(f"still running after {timeout_s:g}s (a hang); stderr ends:\n{err[-2000:]}")
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err), time.monotonic() - started
+
+
+def test_a_script_without_the_main_guard_runs_tensor_parallel(tp_script):
+    script, model = tp_script
+    done, _ = run_script(script, model, timeout_s=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    single = LLM(model, dtype="float32", device="cpu", kv_cache_tokens=2048).generate(
+        [[5, 6, 7, 8, 9]], SamplingParams(temperature=0.0, max_tokens=8, min_tokens=8))
+    assert f"TOKENS {single[0].token_ids}" in done.stdout
+
+
+def test_a_worker_that_fails_while_starting_ends_the_engine_with_its_own_error(tp_script):
+    """PAGEBENCH_HANG_DUMP_S is read by the workers alone: a bad value kills them while rank 0 waits for them."""
+    script, model = tp_script
+    done, elapsed = run_script(script, model, timeout_s=60, env={"PAGEBENCH_HANG_DUMP_S": "soon"})
+    assert done.returncode != 0
+    said = "tensor-parallel worker tp-rank-1 exited with code 1 while starting; its last lines:"
+    assert said in done.stderr, done.stderr[-3000:]
+    assert "ValueError: could not convert string to float: 'soon'" in done.stderr.split(said)[1], done.stderr[-3000:]
+    print(f"worker start-up failure reported after {elapsed:.1f}s")
+
+
+def test_a_worker_killed_while_starting_ends_the_engine_in_seconds(tp_script):
+    script, model = tp_script
+    killed_at = []
+
+    def kill_first_worker(proc: subprocess.Popen) -> None:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                workers = [c for c in psutil.Process(proc.pid).children() if "worker_process" in " ".join(c.cmdline())
+                           or "multiprocessing" in " ".join(c.cmdline())]
+                if workers:
+                    workers[0].kill()
+                    killed_at.append(time.monotonic())
+                    return
+            time.sleep(0.02)
+
+    done, _ = run_script(script, model, timeout_s=60, meanwhile=kill_first_worker)
+    assert killed_at, "no worker process appeared"
+    assert done.returncode != 0
+    assert "tensor-parallel worker tp-rank-1 exited (killed by SIGKILL" in done.stderr, done.stderr[-3000:]
+    assert "while starting" in done.stderr
+    assert time.monotonic() - killed_at[0] < 15
