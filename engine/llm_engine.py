@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from engine.block_manager import BlockManager
-from engine.config import EngineConfig
+from engine.config import EngineConfig, ModelConfig
 from engine.detokenizer import IncrementalDetokenizer
 from engine.model_loader import LoadedModel, load_model, read_model_config
 from engine.model_runner import ModelRunner
@@ -40,8 +40,11 @@ class LLMEngine:
         self.teardown_stuck = False
         launch = TPLaunch(model, str(self.dtype).removeprefix("torch."), self.device.type,
                           self.config.tensor_parallel_size, 0, kwargs, hf_config, tokenizer)
+        # From the config alone, so that a bad value is refused before weights load and workers start.
+        model_config = read_model_config(model, hf_config)
+        max_model_len(self.config, model_config)
         if launch.world_size > 1:
-            self._start_workers(launch)
+            self._start_workers(launch, model_config)
             self.device, loaded, self.runner = self.tp_group.start(
                 lambda store: self._load(launch, hf_config, tokenizer, store))
         else:
@@ -69,8 +72,7 @@ class LLMEngine:
         self.peak_blocks = 0
         self.utilization_at_peak = 0.0
 
-    def _start_workers(self, launch: TPLaunch) -> None:
-        cfg = read_model_config(launch.model, launch.hf_config)
+    def _start_workers(self, launch: TPLaunch, cfg: ModelConfig) -> None:
         check_divisible(cfg.num_attention_heads, cfg.num_key_value_heads, launch.world_size)
         if self.device.type == "cuda" and torch.cuda.device_count() < launch.world_size:
             raise ValueError(f"tensor_parallel_size {launch.world_size} needs as many GPUs; "

@@ -69,6 +69,8 @@ def read_model_config(model: str, hf_config: dict | None = None) -> ModelConfig:
     if model.startswith("random:"):
         return ModelConfig.from_hf(bundled_config(model.split(":", 1)[1]))
     path = resolve_model_path(model)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"model {model!r}: no such file or directory")
     if os.path.isfile(path):
         return GGUFFile(path).config()
     return ModelConfig.from_hf(read_hf_config(path))

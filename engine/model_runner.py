@@ -1,6 +1,8 @@
 """Owns the model and its KV pool; turns a scheduled batch into one forward pass and sampled tokens."""
 import gc
 import itertools
+import logging
+import os
 
 import torch
 import torch.distributed as dist
@@ -17,6 +19,7 @@ from engine.sequence import PENDING, Sequence
 from engine.step_inputs import StepInputs
 
 CPU_KV_BUDGET_BYTES = 2 << 30
+logger = logging.getLogger("engine")
 
 
 class ModelRunner:
@@ -74,7 +77,7 @@ class ModelRunner:
 
     def _count_blocks(self) -> int:
         if self.config.kv_cache_tokens is not None:
-            tokens = self.config.kv_cache_tokens
+            tokens = self._checked_kv_cache_tokens()
         elif self.device.type == "cuda":
             free, total = torch.cuda.mem_get_info(self.device)
             reserve = self._activation_reserve_bytes()
@@ -90,6 +93,30 @@ class ModelRunner:
             raise ValueError(f"no room for the KV cache ({tokens} tokens fit); raise kv_cache_fraction, "
                              f"set kv_cache_tokens, or use a smaller model or more GPUs")
         return blocks
+
+    def _checked_kv_cache_tokens(self) -> int:
+        """The user's kv_cache_tokens: refused beyond the memory there is, warned about where it is rounded or
+        shorter than the context."""
+        tokens, bs = self.config.kv_cache_tokens, self.block_size
+        if self.device.type == "cuda":
+            room, where = torch.cuda.mem_get_info(self.device)[0], f"{self.device} has free"
+        else:
+            room, where = available_host_memory() // tp_size(), "this host has available"
+            if tp_size() > 1:
+                where = f"each of the {tp_size()} ranks on this host has"
+        fit = room // self.kv_bytes_per_token
+        if tokens > fit:
+            need = tokens * self.kv_bytes_per_token / 2**30
+            raise ValueError(f"kv_cache_tokens (--kv-cache-tokens) {tokens} needs {need:.1f} GiB of KV cache, but "
+                             f"{where} {room / 2**30:.1f} GiB: at most {fit} tokens fit; lower it, or leave it out "
+                             f"to size the cache by kv_cache_fraction")
+        if tokens % bs:
+            logger.warning("kv_cache_tokens %d is not a multiple of block_size %d: the KV cache holds %d tokens",
+                           tokens, bs, tokens // bs * bs)
+        if tokens // bs * bs < self.max_model_len:
+            logger.warning("kv_cache_tokens %d is below the context of %d tokens: a request longer than the KV cache "
+                           "is refused", tokens // bs * bs, self.max_model_len)
+        return tokens
 
     def _activation_reserve_bytes(self) -> int:
         c = self.model_config
@@ -197,3 +224,15 @@ class ModelRunner:
 def _to(values: list, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     t = host_tensor(values, dtype)
     return t if device.type == "cpu" else t.pin_memory().to(device, non_blocking=True)
+
+
+def available_host_memory() -> int:
+    """MemAvailable (what can be allocated without swapping), or all physical memory where /proc is absent."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")

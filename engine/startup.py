@@ -13,22 +13,54 @@ DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float": torch.float3
 def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        resolved = torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"device (--device) must be auto, cpu, cuda or cuda:N; got {device!r}") from None
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {device!r} (--device): torch sees no CUDA GPU on this machine (torch "
+                             f"{torch.__version__}, built for CUDA {torch.version.cuda or 'none'}); use --device cpu")
+        if resolved.index is not None and resolved.index >= torch.cuda.device_count():
+            raise ValueError(f"device {device!r} (--device): only {torch.cuda.device_count()} CUDA GPU(s) visible, "
+                             f"cuda:0 to cuda:{torch.cuda.device_count() - 1}")
+    elif resolved.type != "cpu":
+        raise ValueError(f"device {device!r} (--device): the engine runs on cpu or cuda only")
+    return resolved
 
 
 def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
     if isinstance(dtype, torch.dtype):
         return dtype
     if dtype == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
+        if device.type != "cuda":
+            return torch.float32
+        return torch.bfloat16 if bf16_native(device) else torch.float16
     if dtype not in DTYPES:
-        raise ValueError(f"dtype must be one of auto, {', '.join(DTYPES)}; got {dtype!r}")
-    return DTYPES[dtype]
+        raise ValueError(f"dtype (--dtype) must be one of auto, {', '.join(DTYPES)}; got {dtype!r}")
+    resolved = DTYPES[dtype]
+    if resolved is torch.bfloat16 and device.type == "cuda" and not bf16_native(device):
+        major, minor = torch.cuda.get_device_capability(device)
+        raise ValueError(f"dtype {dtype} (--dtype): {torch.cuda.get_device_name(device)} (compute capability "
+                         f"{major}.{minor}) has no native bfloat16, which needs 8.0 or later; use --dtype float16")
+    return resolved
+
+
+def bf16_native(device: torch.device) -> bool:
+    return torch.cuda.get_device_capability(device) >= (8, 0)
 
 
 def max_model_len(config: EngineConfig, model_config: ModelConfig) -> int:
-    limit = config.max_model_len or model_config.max_position_embeddings
-    return min(limit, model_config.max_position_embeddings)
+    """The user's max_model_len, refused (never quietly lowered) beyond the context the model was made for."""
+    limit = model_config.max_position_embeddings
+    if config.max_model_len is None:
+        return limit
+    if config.max_model_len > limit:
+        raise ValueError(f"max_model_len (--max-model-len) {config.max_model_len} is beyond this model's context of "
+                         f"{limit} tokens (max_position_embeddings in its config): it was never trained on later "
+                         f"positions and its rotary table ends there; pass at most {limit}, or leave the option out "
+                         f"to use the whole context")
+    return config.max_model_len
 
 
 def build_runner(model: str, dtype_name: str, device: torch.device, engine_kwargs: dict,

@@ -10,6 +10,7 @@ import time
 import httpx
 import psutil
 import pytest
+import torch
 
 from engine import LLM, SamplingParams
 from tests.server_process import running_server, tiny_model_dir
@@ -123,3 +124,38 @@ def test_a_worker_killed_while_starting_ends_the_engine_in_seconds(tp_script):
     assert "tensor-parallel worker tp-rank-1 exited (killed by SIGKILL" in done.stderr, done.stderr[-3000:]
     assert "while starting" in done.stderr
     assert time.monotonic() - killed_at[0] < 15
+
+
+def test_a_context_beyond_the_model_is_refused_before_loading(tmp_path):
+    model = tiny_model_dir(tmp_path / "m")  # max_position_embeddings 2048
+    with pytest.raises(ValueError, match=r"max_model_len \(--max-model-len\) 100000000 is beyond this model's "
+                                         r"context of 2048 tokens.*pass at most 2048"):
+        LLM(model, device="cpu", max_model_len=100_000_000)
+    assert LLM(model, device="cpu", max_model_len=2048).engine.max_model_len == 2048
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, "-m", "engine.cli", "serve", model, "--port", "0", "--device", "cpu",
+                           "--max-model-len", "100000000"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "beyond this model's context of 2048 tokens" in done.stderr, done.stderr
+    assert "loaded" not in done.stdout and time.monotonic() - started < 60
+
+
+def test_a_kv_cache_larger_than_memory_is_refused_with_the_limit(tmp_path):
+    with pytest.raises(ValueError, match=r"kv_cache_tokens \(--kv-cache-tokens\) 1000000000000 needs .* GiB of KV "
+                                         r"cache, but this host has available .* GiB: at most \d+ tokens fit"):
+        LLM(tiny_model_dir(tmp_path / "m"), device="cpu", kv_cache_tokens=10**12)
+
+
+def test_a_kv_cache_size_that_is_rounded_or_short_is_warned_about(tmp_path, caplog):
+    with caplog.at_level("WARNING", logger="engine"):
+        llm = LLM(tiny_model_dir(tmp_path / "m"), device="cpu", kv_cache_tokens=1000, block_size=16)
+    assert llm.engine.kv_capacity_tokens == 992
+    assert "kv_cache_tokens 1000 is not a multiple of block_size 16: the KV cache holds 992 tokens" in caplog.text
+    assert "kv_cache_tokens 992 is below the context of 2048 tokens" in caplog.text
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message where no GPU is visible")
+def test_a_gpu_device_without_a_gpu_is_refused_naming_the_option(tmp_path):
+    with pytest.raises(ValueError, match=r"device 'cuda' \(--device\): torch sees no CUDA GPU.*use --device cpu"):
+        LLM(tiny_model_dir(tmp_path / "m"), device="cuda")
+    with pytest.raises(ValueError, match=r"device \(--device\) must be auto, cpu, cuda or cuda:N; got 'gpu0'"):
+        LLM(tiny_model_dir(tmp_path / "m"), device="gpu0")
