@@ -247,6 +247,8 @@ class TPGroup:
         self.closed = False
         self.started = False
         self.teardown_stuck = False
+        # Called from the watch thread once a worker has died after start-up; a server ends itself there.
+        self.on_failure: Callable[[str], None] | None = None
         threading.Thread(target=self._watch, daemon=True, name="tp-watch").start()
         atexit.register(self.shutdown)
 
@@ -292,6 +294,8 @@ class TPGroup:
                 if not p.is_alive() and not self.closed:
                     self.failure = p.describe("after start-up" if self.started else "while starting")
                     self._kill()
+                    if self.on_failure is not None and self.started:
+                        self.on_failure(self.failure)
                     return
             time.sleep(0.1)
 

@@ -62,6 +62,14 @@ def tp_script(tmp_path_factory):
     return script, str(folder / "model")
 
 
+@pytest.fixture(scope="module")
+def guarded_tp_script(tp_script):
+    script, model = tp_script
+    guarded = script.with_name("guarded_script.py")
+    guarded.write_text('if __name__ == "__main__":\n' + "".join(f"    {line}\n" for line in UNGUARDED_TP_SCRIPT.splitlines()))
+    return guarded, model
+
+
 def run_script(script, model: str, timeout_s: float, env: dict | None = None,
                meanwhile=None) -> tuple[subprocess.CompletedProcess, float]:
     """Runs the script in its own session (so nothing it starts can escape the test) and kills what is left."""
@@ -111,7 +119,7 @@ def test_a_worker_killed_while_starting_ends_the_engine_in_seconds(tp_script):
         while time.monotonic() < deadline:
             with contextlib.suppress(psutil.NoSuchProcess):
                 workers = [c for c in psutil.Process(proc.pid).children() if "worker_process" in " ".join(c.cmdline())
-                           or "multiprocessing" in " ".join(c.cmdline())]
+                           or "spawn_main" in " ".join(c.cmdline())]
                 if workers:
                     workers[0].kill()
                     killed_at.append(time.monotonic())
@@ -159,3 +167,50 @@ def test_a_gpu_device_without_a_gpu_is_refused_naming_the_option(tmp_path):
         LLM(tiny_model_dir(tmp_path / "m"), device="cuda")
     with pytest.raises(ValueError, match=r"device \(--device\) must be auto, cpu, cuda or cuda:N; got 'gpu0'"):
         LLM(tiny_model_dir(tmp_path / "m"), device="gpu0")
+
+
+def test_a_served_engine_whose_worker_dies_exits_with_the_workers_error(tmp_path):
+    """A group with a dead rank can serve nothing again: the server ends, instead of failing every request."""
+    with running_server(tiny_model_dir(tmp_path / "m"), "--device", "cpu", "--tensor-parallel-size", "2",
+                        log_dir=tmp_path) as server:
+        (worker,) = [c for c in psutil.Process(server.proc.pid).children()
+                     if "worker_process" in " ".join(c.cmdline()) or "spawn_main" in " ".join(c.cmdline())]
+        worker.kill()
+        killed = time.monotonic()
+        code = server.proc.wait(timeout=60)
+        elapsed = time.monotonic() - killed
+        log = server.log()
+    assert code == 1, log[-3000:]
+    assert "engine serve: tensor-parallel worker tp-rank-1 exited (killed by SIGKILL" in log
+    assert "after start-up" in log and elapsed < 20
+    print(f"server ended {elapsed:.1f}s after its worker was killed")
+
+
+def running(p: psutil.Process) -> bool:
+    try:
+        return p.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def test_workers_do_not_outlive_a_rank_0_killed_while_they_start(guarded_tp_script):
+    script, model = guarded_tp_script
+    workers: list[psutil.Process] = []
+
+    def kill_rank_0(proc: subprocess.Popen) -> None:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not workers:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                workers.extend(c for c in psutil.Process(proc.pid).children()
+                               if "worker_process" in " ".join(c.cmdline()) or "spawn_main" in " ".join(c.cmdline()))
+            time.sleep(0.02)
+        time.sleep(1.0)  # into its imports, past reading what rank 0 sent it
+        proc.kill()
+        # Measured before run_script's clean-up kills the whole session: the workers must go by themselves.
+        ends = time.monotonic() + 15
+        while (alive := [w for w in workers if running(w)]) and time.monotonic() < ends:
+            time.sleep(0.1)
+        assert not alive, "a worker outlived its rank 0 by 15 s"
+
+    done, _ = run_script(script, model, timeout_s=60, meanwhile=kill_rank_0)
+    assert workers and done.returncode == -signal.SIGKILL

@@ -2,6 +2,7 @@
 import logging
 import os
 import socket
+import sys
 from dataclasses import dataclass, field
 
 import uvicorn
@@ -9,6 +10,7 @@ import uvicorn
 from engine.llm_engine import LLMEngine
 from engine.server.api import build_app, engine_version
 from engine.server.listen import claim_port
+from engine.tp_workers import WorkerFailed
 
 logger = logging.getLogger("engine.server")
 
@@ -86,9 +88,23 @@ def serve(args: ServeArgs) -> None:
     ready = (f"ready: serving {', '.join(names)} at http://{args.host}:{port}/v1 "
              f"(weights {human_bytes(core.weights_bytes)}, KV cache {human_bytes(core.runner.kv_cache_bytes)}"
              f"{', API key required' if args.api_key else ''})")
-    ReadyServer(config, ready).run(sockets=[args.sock])
+    server = ReadyServer(config, ready)
+    failures: list[str] = []
+    if core.tp_group is not None:
+        def end_serving(why: str) -> None:
+            # A group with a dead rank can serve nothing again: stop, rather than answer every request with an error.
+            logger.error("%s; shutting down", why)
+            failures.append(why)
+            server.should_exit = True
+
+        core.tp_group.on_failure = end_serving
+    server.run(sockets=[args.sock])
     if core.teardown_stuck:
         # The app closed the engine; only NCCL's teardown is left, stuck in a thread that would hold the exit.
         logger.warning("NCCL teardown did not finish; exiting without it")
+        if failures:
+            print(f"engine serve: {failures[0]}", file=sys.stderr, flush=True)
         logging.shutdown()
-        os._exit(0)
+        os._exit(1 if failures else 0)
+    if failures:
+        raise WorkerFailed(failures[0])
