@@ -236,8 +236,21 @@ class Worker:
         return f"tensor-parallel worker {self.name} {how} {during}{said}"
 
 
+def refuse_while_bootstrapping() -> None:
+    """A multiprocessing child that re-runs a script with no main guard (a DataLoader worker, say) would start a
+    whole engine and its workers of its own; multiprocessing refuses a new process there, with a message about
+    freeze_support that does not say what to change."""
+    import multiprocessing
+
+    if getattr(multiprocessing.current_process(), "_inheriting", False):
+        raise RuntimeError(
+            "a tensor-parallel engine was being created while a multiprocessing child process re-ran the main "
+            "script on its way up; put the code that creates LLM under `if __name__ == \"__main__\":`")
+
+
 class TPGroup:
     def __init__(self, launch: TPLaunch) -> None:
+        refuse_while_bootstrapping()
         # Rank 0 serves the rendezvous on a port the kernel picks: no other process can take it in between.
         self.store = dist.TCPStore("127.0.0.1", 0, launch.world_size, is_master=True, wait_for_workers=False,
                                    timeout=timedelta(seconds=RENDEZVOUS_TIMEOUT_S))

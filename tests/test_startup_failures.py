@@ -214,3 +214,17 @@ def test_workers_do_not_outlive_a_rank_0_killed_while_they_start(guarded_tp_scri
 
     done, _ = run_script(script, model, timeout_s=60, meanwhile=kill_rank_0)
     assert workers and done.returncode == -signal.SIGKILL
+
+
+def test_a_tp_engine_in_a_child_rerunning_an_unguarded_script_says_to_add_the_guard(tp_script, tmp_path):
+    """The engine's own workers need no guard, but a script's other spawned processes (a DataLoader's, say)
+    re-run it; the engine must not start a second copy of itself there."""
+    _, model = tp_script
+    script = tmp_path / "with_a_helper_process.py"
+    script.write_text(UNGUARDED_TP_SCRIPT + "import multiprocessing\n"
+                      "helper = multiprocessing.get_context('spawn').Process(target=print)\n"
+                      "helper.start()\nhelper.join()\nprint('HELPER', helper.exitcode)\n")
+    done, _ = run_script(script, model, timeout_s=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "HELPER 1" in done.stdout
+    assert "put the code that creates LLM under `if __name__ == \"__main__\":`" in done.stderr, done.stderr[-3000:]
