@@ -30,6 +30,7 @@ from engine import step_inputs
 SAFE_ENV = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
 TAIL_LINES = 12
 JOINED_KEY = "pagebench/workers-joined"
+ABORTED_KEY = "pagebench/start-up-aborted"
 # Only a bound for a worker that lives but never arrives; rank 0 watches the workers' processes meanwhile.
 RENDEZVOUS_TIMEOUT_S = 600.0
 T = TypeVar("T")
@@ -81,6 +82,8 @@ def init_rank(rank: int, launch: TPLaunch, store: dist.Store | None = None) -> t
         # gloo's rendezvous waits no longer than one collective may (seconds, in some tests), while a worker's
         # imports alone can take longer on a busy host: rank 0 joins once every worker is at the door.
         while store.add(JOINED_KEY, 0) < launch.world_size - 1:
+            if store.check([ABORTED_KEY]):
+                raise RuntimeError("tensor-parallel start-up aborted")
             time.sleep(0.05)
     timeout = timedelta(seconds=collective_timeout_s())
     dist.init_process_group(backend, store=store, rank=rank, world_size=launch.world_size, timeout=timeout)
@@ -325,6 +328,7 @@ class TPGroup:
     def abort(self, startup: threading.Thread | None = None) -> None:
         """Start-up failed on some rank: no worker outlives it, and rank 0 leaves the group it may have joined."""
         self.closed = True
+        self.store.set(ABORTED_KEY, "1")  # ends rank 0's own wait for the workers to arrive
         self._kill()
         if startup is not None:
             startup.join(5)  # its collectives fail now that the peers are gone; the rendezvous may not, and is left
