@@ -6,16 +6,15 @@ import socket
 def claim_port(host: str, port: int) -> socket.socket:
     """Binds and listens at once, as uvicorn would later: SO_REUSEADDR lets a restart take a port still in
     TIME_WAIT, and only a listening socket keeps a second SO_REUSEADDR binder off the port on Linux."""
-    try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-    except socket.gaierror as e:
-        raise ValueError(f"--host {host!r} is not an address this machine can bind: {e.strerror}") from None
-    family, kind, proto, _, address = infos[0]
-    sock = socket.socket(family, kind, proto)
+    # The family as uvicorn picks it: "localhost" means IPv4 there, whatever name resolution would put first.
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
-        sock.bind(address)
+        sock.bind((host, port))
         sock.listen(2048)
+    except socket.gaierror as e:
+        sock.close()
+        raise ValueError(f"--host {host!r} is not an address this machine can bind: {e.strerror}") from None
     except OSError as e:
         sock.close()
         if e.errno == errno.EADDRINUSE:
