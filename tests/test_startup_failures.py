@@ -228,3 +228,29 @@ def test_a_tp_engine_in_a_child_rerunning_an_unguarded_script_says_to_add_the_gu
     assert done.returncode == 0, done.stderr[-3000:]
     assert "HELPER 1" in done.stdout
     assert "put the code that creates LLM under `if __name__ == \"__main__\":`" in done.stderr, done.stderr[-3000:]
+
+
+def test_ctrl_c_while_tensor_parallel_starts_ends_everything_in_seconds(guarded_tp_script):
+    """Ctrl-C reaches the terminal's whole process group: rank 0 must not sit on in the rendezvous."""
+    script, model = guarded_tp_script
+    workers: list[psutil.Process] = []
+
+    def ctrl_c(proc: subprocess.Popen) -> None:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not workers:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                workers.extend(c for c in psutil.Process(proc.pid).children()
+                               if "worker_process" in " ".join(c.cmdline()) or "spawn_main" in " ".join(c.cmdline()))
+            time.sleep(0.02)
+        time.sleep(1.0)
+        os.killpg(proc.pid, signal.SIGINT)
+        pressed = time.monotonic()
+        proc.wait(timeout=20)
+        ends = time.monotonic() + 10
+        while (alive := [w for w in workers if running(w)]) and time.monotonic() < ends:
+            time.sleep(0.1)
+        assert not alive, "a worker outlived Ctrl-C by 10 s"
+        assert time.monotonic() - pressed < 20
+
+    done, _ = run_script(script, model, timeout_s=60, meanwhile=ctrl_c)
+    assert workers and done.returncode != 0 and "KeyboardInterrupt" in done.stderr
