@@ -81,7 +81,8 @@ fi
 
 src=${1:-$module}
 work="$prefix/work"
-rm -rf "$work"
+# An interrupted or failed build keeps its build folder: ninja then recompiles only what is missing.
+rm -rf "$work/src" "$work/dist"
 mkdir -p "$work/src"
 if [ -f "$src" ]; then
   tar -xzf "$src" -C "$work/src"
@@ -97,15 +98,17 @@ command -v ninja >/dev/null && generator=(-G Ninja)
 say "configuring ggml-cuda for sm_$arch (CUDA $cuda_version, $runner_dir)"
 start=$(date +%s)
 cmake -S "$work/src" -B "$work/build" "${generator[@]}" -DCMAKE_BUILD_TYPE=Release \
-  -DCMAKE_CUDA_ARCHITECTURES="$arch" -DOLLAMA_RUNNER_DIR="$runner_dir" >"$work/configure.log" 2>&1 \
+  -DCMAKE_CUDA_ARCHITECTURES="$arch" -DOLLAMA_RUNNER_DIR="$runner_dir" -DCMAKE_INSTALL_PREFIX="$work/dist" \
+  >"$work/configure.log" 2>&1 \
   || { tail -n 30 "$work/configure.log" >&2; die "cmake configure failed (log: $work/configure.log)"; }
 say "building ggml-cuda (about 3 minutes on 16 cores)"
 cmake --build "$work/build" --target ggml-cuda -j "${OLLAMA_BUILD_JOBS:-$(nproc)}" >"$work/build.log" 2>&1 \
   || { tail -n 40 "$work/build.log" >&2; die "building ggml-cuda failed (log: $work/build.log)"; }
+# Ollama's CMakeLists fixes the install folder at configure time (hence CMAKE_INSTALL_PREFIX above).
 # The CUDA component also brings the cudart and cuBLAS libraries it was linked against, as Ollama's releases do.
 rm -rf "$prefix/bin" "$prefix/lib"
 mkdir -p "$prefix/bin" "$prefix/lib/ollama/$runner_dir"
-if cmake --install "$work/build" --component CUDA --prefix "$work/dist" >"$work/install.log" 2>&1; then
+if cmake --install "$work/build" --component CUDA >"$work/install.log" 2>&1; then
   cp -a "$work/dist/lib/ollama/$runner_dir/." "$prefix/lib/ollama/$runner_dir/"
 else
   # Without its runtime libraries beside it, the library still loads where the toolkit's are on the loader path.
