@@ -68,7 +68,7 @@ def client_binary() -> Path:
 def build_note(binary: Path) -> str:
     """How the binary was built, when setup_ollama.sh built it (its build key), for the server's log."""
     info = binary.parent.parent / "build-info.txt"
-    return f" ({info.read_text().strip()})" if info.is_file() else ""
+    return f" ({'; '.join(info.read_text().split(chr(10))).strip('; ')})" if info.is_file() else ""
 
 
 def server_models(url: str) -> set[str]:
