@@ -46,18 +46,29 @@ def test_every_scenario_sets_engine_against_a_4bit_server(path: Path) -> None:
 
 @pytest.mark.parametrize("name", ["gpu-7b.yaml", "gpu-32b.yaml"])
 def test_gpu_comparison_scenarios(name: str) -> None:
+    """The engine against the real Ollama, with its defaults and tuned for 64 users, and llama.cpp with 64 slots,
+    the three 4-bit servers on one file, with the prompt and output fitting every slot's context."""
     sc = load_scenario(REPO / "scenarios" / name).scenario
     engine = next(b for b in sc.backends if b.kind == "paged")
     assert launch_argv(engine.launch)[4].startswith("random:qwen2.5-")
-    slots = {}
+    need = sc.workload.input_tokens.upper + sc.workload.output_tokens.upper + 64
+    files = set()
     for b in sc.backends:
         if b.kind == "openai":
             argv = launch_argv(b.launch)
-            assert b.supports_ignore_eos, "every request runs to its full output length on both sides"
+            assert b.supports_ignore_eos, "llama.cpp runs every request to its full output length"
             np_, ctx = int(argv[argv.index("-np") + 1]), int(argv[argv.index("-c") + 1])
-            assert ctx // np_ >= sc.workload.input_tokens.upper + sc.workload.output_tokens.upper + 64
-            slots[np_] = b.name
-    assert set(slots) == {1, 64}, "Ollama's default of one request at a time and a tuned 64 slots"
+            assert (np_, b.name) == (64, "llamacpp-q4km-np64") and ctx // np_ >= need
+            files.add(argv[argv.index("-m") + 1])
+        elif b.kind == "ollama":
+            argv = launch_argv(b.launch)
+            assert argv[argv.index("--modelfile") + 1] == "scripts/Modelfile.qwen2"
+            files.add(argv[argv.index("--gguf") + 1])
+    ollama = {b.name: b for b in sc.backends if b.kind == "ollama"}
+    default, tuned = ollama["ollama-q4km-default"], ollama["ollama-q4km-np64"]
+    assert (default.num_parallel, default.num_ctx, default.env) == (None, None, {}), "Ollama as it comes"
+    assert tuned.num_parallel == 64 and tuned.num_ctx >= need and tuned.env == {"OLLAMA_FLASH_ATTENTION": "1"}
+    assert len(files) == 1, f"one Q4_K_M file for every 4-bit server: {files}"
     assert (sc.workload.input_tokens.value, sc.workload.output_tokens.value) == (1024, 256)
     assert sc.load.concurrency == [1, 8, 32, 64] and sc.workload.temperature == 0
 
