@@ -66,7 +66,7 @@ class RequestRecord:
         request of a run shares and a prefix cache may hold."""
         if self.prompt_tokens is None or self.message_tokens is None:
             return None
-        return min(max(0, self.prompt_tokens - self.message_tokens), self.prompt_tokens)
+        return max(0, self.prompt_tokens - self.message_tokens)
 
     def to_row(self, clock: Clock) -> dict[str, Any]:
         if self.output_tokens is None and self.error is None and self.chunk_tokens:

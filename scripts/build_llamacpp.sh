@@ -24,17 +24,9 @@ die() { say "$*"; exit 1; }
 # llama-server died with SIGSEGV at its first decode, and --no-repack, which turns all extra buffer types off,
 # avoided it. Turning AMX off at compile time keeps AVX-512 (and its repacked kernels) and drops that path.
 cpu_arch=${LLAMACPP_CPU_ARCH:-native}
-compiler=${CC:-cc}
-command -v "$compiler" >/dev/null || die "$compiler not found"
-macros=$("$compiler" -march="$cpu_arch" -dM -E -x c /dev/null 2>&1) \
-  || die "$compiler does not accept -march=$cpu_arch (LLAMACPP_CPU_ARCH): $(head -n 1 <<<"$macros")"
-# GCC and clang spell __AMX_INT8__ as -mamx-int8; a host without AMX gets no extra flag.
-amx_off=$(sed -n 's/^#define __AMX_\([A-Z0-9_]*\)__ .*/-mno-amx-\L\1/p' <<<"$macros" | LC_ALL=C sort | tr '\n' ' ')
-amx_off=${amx_off% }
+. "$here/amx_off.sh"
+amx_off=$(amx_off_flags "${CC:-cc}" "$cpu_arch" LLAMACPP_CPU_ARCH) || exit 1
 cpu_flags=$([ "$cpu_arch" = native ] && echo "$amx_off" || echo "-march=$cpu_arch${amx_off:+ $amx_off}")
-if "$compiler" -march="$cpu_arch" $amx_off -dM -E -x c /dev/null 2>/dev/null | grep -q '^#define __AMX_'; then
-  die "$compiler still enables AMX with -march=$cpu_arch $amx_off; set LLAMACPP_CPU_ARCH=x86-64-v4 or x86-64-v3"
-fi
 
 cuda=OFF
 command -v nvcc >/dev/null || [ ! -x /usr/local/cuda/bin/nvcc ] || export PATH=$PATH:/usr/local/cuda/bin

@@ -19,19 +19,11 @@ die() { say "$*"; exit 1; }
 # Without -march, cgo compiles ggml for baseline x86-64 (no AVX): several times slower than Ollama's own release
 # builds, which pick an AVX2/AVX-512 variant at run time. A fair comparison needs the machine's vector units.
 arch=${OLLAMA_CPU_ARCH:-native}
-compiler=${CC:-gcc}
-command -v "$compiler" >/dev/null || die "$compiler not found; install a C/C++ compiler (Debian: apt-get install build-essential)"
-macros=$("$compiler" -march="$arch" -dM -E -x c /dev/null 2>&1) \
-  || die "$compiler does not accept -march=$arch (OLLAMA_CPU_ARCH): $(head -n 3 <<<"$macros")"
-# On Intel Xeons since Sapphire Rapids, -march turns AMX on; ggml-cpu.cpp then refers to its AMX buffer type, whose
-# source (ggml-cpu/amx/) Ollama's cgo build never compiles, and the link fails. Each AMX extension the compiler
-# enables is turned off again by name (GCC and clang spell __AMX_INT8__ as -mamx-int8); AVX-512 and the rest stay.
-# Hosts without AMX get no extra flag, so their build key, and their cached binary, stay what they were.
-amx_off=$(sed -n 's/^#define __AMX_\([A-Z0-9_]*\)__ .*/-mno-amx-\L\1/p' <<<"$macros" | LC_ALL=C sort | tr '\n' ' ')
-flags="-O3 -march=$arch${amx_off:+ ${amx_off% }}"
-if "$compiler" $flags -dM -E -x c /dev/null 2>/dev/null | grep -q '^#define __AMX_'; then
-  die "$compiler still enables AMX with $flags; set OLLAMA_CPU_ARCH=x86-64-v4 (AVX-512) or x86-64-v3 (AVX2)"
-fi
+# With AMX on, ggml-cpu.cpp refers to its AMX buffer type, whose source (ggml-cpu/amx/) Ollama's cgo build never
+# compiles, and the link fails: amx_off.sh turns it off.
+. "$here/amx_off.sh"
+amx_off=$(amx_off_flags "${CC:-gcc}" "$arch" OLLAMA_CPU_ARCH) || exit 1
+flags="-O3 -march=$arch${amx_off:+ $amx_off}"
 if [ "${1:-}" = --print-flags ]; then
   echo "$flags"
   exit 0

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import psutil
 from prometheus_client.parser import text_string_to_metric_families
 
 TINY_LLAMA = dict(architectures=["LlamaForCausalLM"], model_type="llama", vocab_size=49152, hidden_size=64,
@@ -94,3 +95,17 @@ def _stop(proc: subprocess.Popen) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+
+
+def still_running_after(procs: list[psutil.Process], seconds: float) -> list[psutil.Process]:
+    """Those of `procs` still alive (a zombie counts as ended) when all have ended or `seconds` have passed."""
+    def running(p: psutil.Process) -> bool:
+        try:
+            return p.status() != psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return False
+
+    ends = time.monotonic() + seconds
+    while (alive := [p for p in procs if running(p)]) and time.monotonic() < ends:
+        time.sleep(0.1)
+    return alive

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import psutil
 
+from tests.server_process import still_running_after
 from tests.test_harness_run import FAKE, REPO, rows, run_dir, scenario
 
 
@@ -27,13 +28,6 @@ def wait_for_rows(out: Path, n: int, timeout_s: float = 60) -> None:
             return
         time.sleep(0.05)
     raise AssertionError(f"fewer than {n} requests recorded after {timeout_s:g}s")
-
-
-def running(p: psutil.Process) -> bool:
-    try:
-        return p.status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
 
 
 def test_a_bench_killed_with_sigkill_leaves_no_server_running(tmp_path):
@@ -54,8 +48,7 @@ def test_a_bench_killed_with_sigkill_leaves_no_server_running(tmp_path):
         bench.send_signal(signal.SIGKILL)
         bench.wait(10)
         started = time.monotonic()
-        while (alive := [p for p in launched if running(p)]) and time.monotonic() - started < 15:
-            time.sleep(0.1)
+        alive = still_running_after(launched, 15)
         elapsed = time.monotonic() - started
     finally:
         bench.kill()

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from engine import LLM, SamplingParams
-from tests.server_process import running_server, tiny_model_dir
+from tests.server_process import running_server, still_running_after, tiny_model_dir
 from tests.tiny_models import make_tiny_checkpoint
 
 
@@ -186,11 +186,17 @@ def test_a_served_engine_whose_worker_dies_exits_with_the_workers_error(tmp_path
     print(f"server ended {elapsed:.1f}s after its worker was killed")
 
 
-def running(p: psutil.Process) -> bool:
-    try:
-        return p.status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
+def tp_workers_of(proc: subprocess.Popen) -> list[psutil.Process]:
+    """The tensor-parallel workers of a script's process, waited for up to 60 s."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            found = [c for c in psutil.Process(proc.pid).children()
+                     if "worker_process" in " ".join(c.cmdline()) or "spawn_main" in " ".join(c.cmdline())]
+            if found:
+                return found
+        time.sleep(0.02)
+    return []
 
 
 def test_workers_do_not_outlive_a_rank_0_killed_while_they_start(guarded_tp_script):
@@ -198,19 +204,11 @@ def test_workers_do_not_outlive_a_rank_0_killed_while_they_start(guarded_tp_scri
     workers: list[psutil.Process] = []
 
     def kill_rank_0(proc: subprocess.Popen) -> None:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and not workers:
-            with contextlib.suppress(psutil.NoSuchProcess):
-                workers.extend(c for c in psutil.Process(proc.pid).children()
-                               if "worker_process" in " ".join(c.cmdline()) or "spawn_main" in " ".join(c.cmdline()))
-            time.sleep(0.02)
+        workers.extend(tp_workers_of(proc))
         time.sleep(1.0)  # into its imports, past reading what rank 0 sent it
         proc.kill()
         # Measured before run_script's clean-up kills the whole session: the workers must go by themselves.
-        ends = time.monotonic() + 15
-        while (alive := [w for w in workers if running(w)]) and time.monotonic() < ends:
-            time.sleep(0.1)
-        assert not alive, "a worker outlived its rank 0 by 15 s"
+        assert not still_running_after(workers, 15), "a worker outlived its rank 0 by 15 s"
 
     done, _ = run_script(script, model, timeout_s=60, meanwhile=kill_rank_0)
     assert workers and done.returncode == -signal.SIGKILL
@@ -236,20 +234,12 @@ def test_ctrl_c_while_tensor_parallel_starts_ends_everything_in_seconds(guarded_
     workers: list[psutil.Process] = []
 
     def ctrl_c(proc: subprocess.Popen) -> None:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and not workers:
-            with contextlib.suppress(psutil.NoSuchProcess):
-                workers.extend(c for c in psutil.Process(proc.pid).children()
-                               if "worker_process" in " ".join(c.cmdline()) or "spawn_main" in " ".join(c.cmdline()))
-            time.sleep(0.02)
+        workers.extend(tp_workers_of(proc))
         time.sleep(1.0)
         os.killpg(proc.pid, signal.SIGINT)
         pressed = time.monotonic()
         proc.wait(timeout=20)
-        ends = time.monotonic() + 10
-        while (alive := [w for w in workers if running(w)]) and time.monotonic() < ends:
-            time.sleep(0.1)
-        assert not alive, "a worker outlived Ctrl-C by 10 s"
+        assert not still_running_after(workers, 10), "a worker outlived Ctrl-C by 10 s"
         assert time.monotonic() - pressed < 20
 
     done, _ = run_script(script, model, timeout_s=60, meanwhile=ctrl_c)
