@@ -1,8 +1,9 @@
-"""GPU benchmarks of the engine (issue 7): decode at batch 1, offline throughput, KV utilization, prefix sharing.
+"""GPU benchmarks of the engine (issue 7): decode at batch 1, offline throughput, KV utilization, prefix sharing,
+profiles of decode steps and of a prefill burst.
 
 Random weights with real configs; Hugging Face generate() and the copy bandwidth measured in the same run.
 Prints a short table and writes JSON. Run on a GPU host:
-    python benchmarks/gpu_bench.py --out gpu_bench.json [--shapes qwen3-0.6b,qwen2.5-7b] [--tests decode,hf,throughput,prefix]
+    python benchmarks/gpu_bench.py --out gpu_bench.json [--shapes qwen3-0.6b,qwen2.5-7b] [--tests decode,hf,throughput,prefix,profile,prefill]
 """
 import argparse
 import gc
@@ -30,6 +31,20 @@ def copy_bandwidth() -> float:
         start.record(); dst.copy_(src); end.record(); end.synchronize()
         times.append(start.elapsed_time(end) / 1e3)
     return 2 * src.numel() / statistics.median(times)
+
+
+def gemm_peak(n: int = 8192) -> float:
+    """bf16 matmul FLOP/s on this card now: the compute floor's denominator."""
+    a = torch.randn(n, n, dtype=torch.bfloat16, device="cuda")
+    b = torch.randn(n, n, dtype=torch.bfloat16, device="cuda")
+    for _ in range(3):
+        a @ b
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    times = []
+    for _ in range(10):
+        start.record(); a @ b; end.record(); end.synchronize()
+        times.append(start.elapsed_time(end) / 1e3)
+    return 2 * n ** 3 / statistics.median(times)
 
 
 def free() -> None:
@@ -150,29 +165,74 @@ def drain(e: LLMEngine) -> None:
     e.step()
 
 
-def profile(shape: str, batch: int, context: int, steps: int = 30) -> dict:
+def profile(shape: str, batch: int, context: int, async_scheduling: bool = False, steps: int = 30) -> dict:
     """Where a decode step's time goes: host time per step against GPU kernel time, and the top kernels."""
     from torch.profiler import ProfilerActivity, profile as torch_profile
 
     llm = LLM.from_config(shape, dtype="bfloat16", device="cuda", max_num_seqs=max(batch, 8), max_model_len=4096,
-                          kv_cache_fraction=0.9)
+                          kv_cache_fraction=0.9, async_scheduling=async_scheduling)
     e = llm.engine
-    start_decoding(e, batch, context, steps + 40, random.Random(2))
+    start_decoding(e, batch, context, 2 * steps + 40, random.Random(2))
     torch.cuda.synchronize()
+    t = time.perf_counter()
+    for _ in range(steps):
+        e.step()
+    torch.cuda.synchronize()
+    plain = (time.perf_counter() - t) / steps
     t = time.perf_counter()
     with torch_profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
         for _ in range(steps):
             e.step()
         torch.cuda.synchronize()
     wall = (time.perf_counter() - t) / steps
-    events = [ev for ev in prof.key_averages() if ev.device_type.name == "CUDA"]
-    gpu_total = sum(ev.self_device_time_total for ev in events) / steps / 1e3
-    top = sorted(events, key=lambda ev: ev.self_device_time_total, reverse=True)[:12]
-    result = {"shape": shape, "batch": batch, "context": context, "ms_per_step_profiled": round(wall * 1e3, 3),
-              "gpu_kernel_ms_per_step": round(gpu_total, 3),
-              "top_kernels": [{"name": ev.key[:90], "ms_per_step": round(ev.self_device_time_total / steps / 1e3, 4),
-                               "calls_per_step": ev.count // steps} for ev in top]}
+    gpu_total, top = top_kernels(prof, steps)
+    result = {"shape": shape, "batch": batch, "context": context, "async_scheduling": async_scheduling,
+              "ms_per_step": round(plain * 1e3, 3),
+              "ms_per_step_profiled": round(wall * 1e3, 3),
+              "gpu_kernel_ms_per_step": round(gpu_total, 3), "top_kernels": top}
     drain(e)
+    del llm, e
+    free()
+    return result
+
+
+def top_kernels(prof: object, steps: int, n: int = 14) -> tuple[float, list[dict]]:
+    events = [ev for ev in prof.key_averages() if ev.device_type.name == "CUDA"]
+    total = sum(ev.self_device_time_total for ev in events) / steps / 1e3
+    top = sorted(events, key=lambda ev: ev.self_device_time_total, reverse=True)[:n]
+    return total, [{"name": ev.key[:90], "ms_per_step": round(ev.self_device_time_total / steps / 1e3, 4),
+                    "calls_per_step": round(ev.count / steps, 2)} for ev in top]
+
+
+def profile_prefill(shape: str, peak: float, prompts: int = 64, length: int = 1024, chunk: int = 4096) -> dict:
+    """A burst of prompts through chunked prefill: time per chunk, kernels, and the share of the GEMM peak."""
+    from torch.profiler import ProfilerActivity, profile as torch_profile
+
+    llm = LLM.from_config(shape, dtype="bfloat16", device="cuda", max_num_seqs=prompts, max_model_len=4096,
+                          max_num_batched_tokens=chunk, kv_cache_fraction=0.9)
+    e = llm.engine
+    rng = random.Random(3)
+    vocab = e.model_config.vocab_size
+    llm.generate([rand_prompt(rng, length, vocab)], SamplingParams(temperature=0.0, max_tokens=1))
+    for _ in range(prompts):
+        e.add_request(None, rand_prompt(rng, length, vocab), SamplingParams(temperature=0.0, max_tokens=1))
+    torch.cuda.synchronize()
+    steps, t = 0, time.perf_counter()
+    with torch_profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        while e.has_unfinished_requests():
+            e.step()
+            steps += 1
+        torch.cuda.synchronize()
+    wall = time.perf_counter() - t
+    gpu_ms, top = top_kernels(prof, steps)
+    c = e.model_config
+    params = sum(p.numel() for n, p in e.runner.model.named_parameters() if "embed" not in n)
+    attn = 4 * c.num_attention_heads * c.head_dim * c.num_hidden_layers * prompts * length * (length + 1) / 2
+    flops = 2 * params * prompts * length + attn
+    result = {"shape": shape, "prompts": prompts, "prompt_tokens": length, "chunk_tokens": chunk, "steps": steps,
+              "ms_per_step_profiled": round(wall / steps * 1e3, 3), "gpu_kernel_ms_per_step": round(gpu_ms, 3),
+              "tflops_per_s": round(flops / wall / 1e12, 1), "fraction_of_gemm_peak": round(flops / wall / peak, 3),
+              "top_kernels": top}
     del llm, e
     free()
     return result
@@ -184,6 +244,9 @@ def main() -> None:
     ap.add_argument("--shapes", default="qwen3-0.6b,qwen2.5-7b,qwen2.5-32b")
     ap.add_argument("--tests", default="decode,hf,throughput,prefix")
     ap.add_argument("--tp", type=int, default=1, help="tensor-parallel size for the decode test")
+    ap.add_argument("--profile-cases", default="qwen3-0.6b:1:128,qwen3-0.6b:256:800,qwen2.5-7b:1:128",
+                    help="decode steps to profile, as shape:batch:context[:async],...")
+    ap.add_argument("--prefill-chunks", default="4096,8192", help="chunk sizes (tokens per step) for the prefill test")
     args = ap.parse_args()
     if os.environ.get("PAGEBENCH_HANG_DUMP_S"):
         import faulthandler
@@ -213,10 +276,18 @@ def main() -> None:
         res["offline_throughput"] = offline_throughput("qwen3-0.6b"); save()
         print(json.dumps(res["offline_throughput"]), flush=True)
     if "profile" in tests:
-        res["profile"] = [profile(s, b, c) for s, b, c in (("qwen3-0.6b", 1, 128), ("qwen3-0.6b", 256, 800),
-                                                           ("qwen2.5-7b", 1, 128))]
+        cases = [case.split(":") for case in args.profile_cases.split(",")]
+        res["profile"] = [profile(s, int(b), int(c), rest == ["async"]) for s, b, c, *rest in cases]
         save()
         for p in res["profile"]:
+            print(json.dumps(p, indent=1), flush=True)
+    if "prefill" in tests:
+        peak = gemm_peak()
+        res["gemm_peak_tflops"] = round(peak / 1e12, 1)
+        res["prefill"] = [profile_prefill(shape, peak, chunk=int(c)) for shape in shapes
+                          for c in args.prefill_chunks.split(",")]
+        save()
+        for p in res["prefill"]:
             print(json.dumps(p, indent=1), flush=True)
     if "prefix" in tests:
         res["prefix_sharing"] = prefix_sharing("qwen3-0.6b"); save()

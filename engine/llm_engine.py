@@ -13,6 +13,7 @@ from engine.model_loader import LoadedModel, load_model, read_model_config
 from engine.model_runner import ModelRunner
 from engine.outputs import EngineStats, RequestOutput
 from engine.sampling_params import SamplingParams
+from engine.sampler import SampledTokens
 from engine.scheduler import ScheduledBatch, Scheduler
 from engine.sequence import PENDING, RequestMetrics, Sequence, SequenceStatus
 from engine.startup import max_model_len, resolve_device, resolve_dtype
@@ -25,7 +26,7 @@ class InFlight:
     batch: ScheduledBatch
     sampled: list[Sequence]
     positions: list[int]
-    tokens: torch.Tensor | None
+    tokens: SampledTokens | None
 
 
 class LLMEngine:
@@ -202,7 +203,7 @@ class LLMEngine:
         return InFlight(batch, sampled, positions, tokens)
 
     def _complete(self, step: InFlight) -> list[RequestOutput]:
-        values = step.tokens.tolist() if step.tokens is not None else []
+        values = step.tokens.read() if step.tokens is not None else []
         now = time.time()
         live = [(seq, pos, token) for seq, pos, token in zip(step.sampled, step.positions, values)
                 if seq.status is not SequenceStatus.FINISHED]

@@ -13,7 +13,7 @@ from engine.config import EngineConfig, ModelConfig
 from engine.cuda_graphs import MAX_GRAPH_BATCH, DecodeGraphs, host_tensor
 from engine.custom_all_reduce import try_custom_all_reduce
 from engine.parallel import set_custom_all_reduce, tp_size
-from engine.sampler import Sampler
+from engine.sampler import Sampler, SampledTokens
 from engine.scheduler import ScheduledBatch
 from engine.sequence import PENDING, Sequence
 from engine.step_inputs import StepInputs
@@ -201,7 +201,7 @@ class ModelRunner:
 
     @torch.inference_mode()
     def launch(self, batch: ScheduledBatch, eos_token_ids: list[int],
-               pending: dict[int, int]) -> tuple[torch.Tensor | None, list[Sequence]]:
+               pending: dict[int, int]) -> tuple[SampledTokens | None, list[Sequence]]:
         """Queues the step on the GPU and returns its sampled tokens unread, with the sequences they belong to."""
         step = self.prepare(batch, pending)
         if tp_size() > 1:
@@ -212,7 +212,7 @@ class ModelRunner:
         sampled = [s for s, n in zip(batch.seqs, batch.num_new_tokens) if s.num_computed_tokens + n == s.num_tokens]
         tokens = self.sampler(logits, sampled, eos_token_ids)
         self.share_sampled(tokens)
-        return tokens, sampled
+        return SampledTokens.start_copy(tokens), sampled
 
     def share_sampled(self, tokens: torch.Tensor) -> None:
         """Every rank keeps the step's sampled tokens on its GPU, where the next step's inputs may take them."""

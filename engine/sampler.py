@@ -1,6 +1,35 @@
+from dataclasses import dataclass
+
 import torch
 
 from engine.sequence import Sequence
+
+
+@dataclass(slots=True)
+class SampledTokens:
+    """A step's sampled token ids: on the device for the next step's inputs, and on their way to the host.
+
+    The copy to pinned memory is queued right after sampling and an event marks its end, so reading this step's
+    tokens waits for this step alone, never for a step launched after it (asynchronous scheduling)."""
+
+    device: torch.Tensor
+    host: torch.Tensor
+    ready: torch.cuda.Event | None
+
+    @classmethod
+    def start_copy(cls, tokens: torch.Tensor) -> "SampledTokens":
+        if tokens.device.type != "cuda":
+            return cls(tokens, tokens, None)
+        host = torch.empty(tokens.shape, dtype=tokens.dtype, pin_memory=True)
+        host.copy_(tokens, non_blocking=True)
+        ready = torch.cuda.Event()
+        ready.record()
+        return cls(tokens, host, ready)
+
+    def read(self) -> list[int]:
+        if self.ready is not None:
+            self.ready.synchronize()
+        return self.host.tolist()
 
 
 class Sampler:

@@ -1,6 +1,6 @@
 import torch
 
-from engine.sampler import Sampler, _top_k_top_p
+from engine.sampler import SampledTokens, Sampler, _top_k_top_p
 from engine.sampling_params import SamplingParams
 from engine.sequence import RequestMetrics, Sequence
 
@@ -50,3 +50,10 @@ def test_min_tokens_masks_eos_and_stop_ids():
     s = Sampler(torch.device("cpu"), seed=0)
     early = seq("a", temperature=0.0, min_tokens=2, stop_token_ids=[2])
     assert s(logits.clone(), [early], [1]).tolist() == [3]
+
+
+def test_sampled_tokens_read_back_as_sampled():
+    tokens = torch.tensor([5, 0, 151643])
+    assert SampledTokens.start_copy(tokens).read() == [5, 0, 151643]
+    if torch.cuda.is_available():
+        assert SampledTokens.start_copy(tokens.cuda()).read() == [5, 0, 151643]
