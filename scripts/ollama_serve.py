@@ -239,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         if args.server:
-            gguf = Path(args.gguf) if args.gguf else demo_gguf()
+            gguf = Path(args.gguf).resolve() if args.gguf else demo_gguf()
             modelfile = Path(args.modelfile) if args.modelfile else None if args.gguf else DEMO_MODELFILE
             took = import_into_server(args.server, args.model, gguf, modelfile)
             if took:
@@ -248,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
         binary = find_binary()
         env = server_env(args)
         if not args.no_import and (args.gguf or args.model == DEMO_MODEL):
-            gguf = Path(args.gguf) if args.gguf else demo_gguf()
+            gguf = Path(args.gguf).resolve() if args.gguf else demo_gguf()
             modelfile = Path(args.modelfile) if args.modelfile else None if args.gguf else DEMO_MODELFILE
             took = import_model(binary, env, args.model, gguf, modelfile)
             if took:
