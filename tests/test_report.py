@@ -325,6 +325,19 @@ def test_compare_two_runs(tmp_path: Path) -> None:
     assert len({s.color for s in series}) == 4 and all(a.name in s.label or b.name in s.label for s in series)
 
 
+def test_compare_leaves_out_backends_that_never_started(tmp_path: Path) -> None:
+    a, _ = make_run(tmp_path / "a", seed=1)
+    b, _ = make_run(tmp_path / "b", seed=2)
+    info = json.loads((a / "run.json").read_text())
+    info["backends"].append({"name": "vllm", "kind": "openai", "model": "m", "url": "http://127.0.0.1:9",
+                             "launched": True, "status": "failed", "error": "exited with code 2", "info": {}})
+    (a / "run.json").write_text(json.dumps(info))
+    html = build_compare([a, b], tmp_path / "compare.html").read_text(encoding="utf-8")
+    assert parse(html).backends == ["engine", "ollama", "engine", "ollama"]
+    assert len(charts.series_for([data.load(a), data.load(b)])) == 4
+    assert "exited with code 2" in html  # still named, in the run's environment section
+
+
 def test_bad_input_names_the_problem(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="run.json"):
         build_report(tmp_path)

@@ -9,7 +9,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from harness.report import metrics
-from harness.report.data import Run, backends, run_id
+from harness.report.data import Run, run_id, shown_backends
 from harness.report.text import t
 
 # Okabe-Ito: distinguishable with the common colour-vision deficiencies
@@ -39,7 +39,7 @@ def series_for(runs: list[Run]) -> list[Series]:
     out: list[Series] = []
     for data in runs:
         rid = run_id(data)
-        for b in backends(data):
+        for b in shown_backends(data, many):
             label = f"{b['name']} · {rid}" if many else b["name"]
             out.append(Series(label, data, b["name"], PALETTE[len(out) % len(PALETTE)]))
     return out

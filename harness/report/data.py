@@ -8,7 +8,7 @@ from pydantic import ValidationError
 
 from harness.results import RunInfo, Run, load_run
 
-__all__ = ["Run", "load", "backends", "run_id"]
+__all__ = ["Run", "load", "backends", "shown_backends", "run_id"]
 
 
 def load(run_dir: Path | str) -> Run:
@@ -31,3 +31,13 @@ def backends(run: Run) -> list[dict[str, Any]]:
     names = {b["name"] for b in listed}
     extra = [n for n in run.requests["backend"].dropna().unique() if n not in names]
     return listed + [{"name": str(n), "kind": "unknown", "info": {}} for n in extra]
+
+
+def shown_backends(run: Run, comparing: bool) -> list[dict[str, Any]]:
+    """A run's report shows every backend, one that never answered as "not measured"; a comparison of several runs
+    leaves out those that failed before their first request, whose columns would only repeat that (each run's
+    environment section still lists them with their error)."""
+    if not comparing:
+        return backends(run)
+    rows = set(run.requests["backend"].dropna().unique())
+    return [b for b in backends(run) if b["name"] in rows or b.get("status") != "failed"]

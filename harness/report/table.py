@@ -7,7 +7,7 @@ from typing import Any
 import pandas as pd
 
 from harness.report import claims, metrics
-from harness.report.data import Run, backends, run_id
+from harness.report.data import Run, run_id, shown_backends
 from harness.report.text import fmt_bytes, fmt_pct, fmt_rate, fmt_seconds, t
 
 TIE = 0.02  # closer than this is a draw, not an advantage
@@ -280,7 +280,7 @@ def build_table(runs: list[Run], lang: str = "en") -> Table:
     heads: list[str] = []
     for data in runs:
         stats = metrics.level_stats(data)
-        mine = [_column(data, backend, stats, lang) for backend in backends(data)]
+        mine = [_column(data, backend, stats, lang) for backend in shown_backends(data, len(runs) > 1)]
         prefix = f"{run_id(data)}: " if len(runs) > 1 else ""
         heads += [prefix + h for h in headlines(mine, lang)]
         columns += mine
