@@ -9,7 +9,9 @@
 # TESTS:     gpu_bench.py tests, default decode,profile,throughput,prefix,prefill; each runs with this tree's
 #            benchmarks/gpu_bench.py against the base engine and then this tree's engine (PYTHONPATH picks it).
 # SERVE_LEVELS: users for `bench run scenarios/gpu-7b.yaml --only engine-bf16`, default 1,64 (empty: no serving
-#            run); each tree serves from its own folder, with ENGINE_ARGS (e.g. --async-scheduling) passed to both.
+#            run); each tree serves from its own folder. ENGINE_ARGS_BASE and ENGINE_ARGS_NEW (default: ENGINE_ARGS)
+#            add engine serve options on each side where its scenario reads ENGINE_ARGS (from 2e3f000 on): with one
+#            tree as both sides, ENGINE_ARGS_NEW=--async-scheduling measures that option alone.
 # OUT_DIR gets base.json, new.json (gpu_bench), serve-base/ and serve-new/ (run folders), and ab.json: new over base
 # for every figure both have.
 set -euo pipefail
@@ -38,7 +40,8 @@ if [ -n "$levels" ]; then
   for side in base new; do
     tree=$([ $side = base ] && echo "$base" || echo "$here")
     echo "[gpu_ab] serving at $levels users from the $side tree" >&2
-    (cd "$tree" && VOCAB_GGUF=$vocab "$python" -m harness.cli run scenarios/gpu-7b.yaml --only engine-bf16 \
+    args=$([ $side = base ] && echo "${ENGINE_ARGS_BASE-${ENGINE_ARGS:-}}" || echo "${ENGINE_ARGS_NEW-${ENGINE_ARGS:-}}")
+    (cd "$tree" && ENGINE_ARGS=$args VOCAB_GGUF=$vocab "$python" -m harness.cli run scenarios/gpu-7b.yaml --only engine-bf16 \
       --set "load.concurrency=[$levels]" --set "load.requests=[$n]" --no-report --out "$out/serve-$side" \
       >"$out/serve-$side.log" 2>&1) || { tail -n 30 "$out/serve-$side.log" >&2; exit 1; }
   done
