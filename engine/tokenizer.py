@@ -20,6 +20,7 @@ class TextTokenizer:
         self.bos_token_id = bos_token_id
         self.add_bos = add_bos
         self.chat_template = chat_template
+        self._compiled: "jinja2.Template | None" = None
         self.vocab_size = tokenizer.get_vocab_size(with_added_tokens=True)
 
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
@@ -35,6 +36,18 @@ class TextTokenizer:
         return self.tokenizer.id_to_token(token_id) or ""
 
     def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = True, **kwargs: object) -> str:
+        special = lambda i: None if i is None else self.token_text(i)
+        return self._template().render(
+            messages=messages, add_generation_prompt=add_generation_prompt,
+            bos_token=special(self.bos_token_id) or "", eos_token=special((self.eos_token_ids or [None])[0]) or "",
+            **kwargs,
+        )
+
+    def _template(self) -> "jinja2.Template":
+        """Compiled once: compiling takes milliseconds, and the server renders the template for every chat request
+        on its event loop."""
+        if self._compiled is not None:
+            return self._compiled
         if not self.chat_template:
             raise ValueError("this model's tokenizer has no chat template; use the completions API")
         from jinja2 import TemplateError
@@ -47,12 +60,8 @@ class TextTokenizer:
         env.globals["raise_exception"] = raise_exception
         env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
         env.filters["tojson"] = lambda v, indent=None: json.dumps(v, indent=indent, ensure_ascii=False)
-        special = lambda i: None if i is None else self.token_text(i)
-        return env.from_string(self.chat_template).render(
-            messages=messages, add_generation_prompt=add_generation_prompt,
-            bos_token=special(self.bos_token_id) or "", eos_token=special((self.eos_token_ids or [None])[0]) or "",
-            **kwargs,
-        )
+        self._compiled = env.from_string(self.chat_template)
+        return self._compiled
 
 
 def from_hf_dir(path: str, config_eos: list[int]) -> TextTokenizer:
