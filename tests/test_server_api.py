@@ -203,6 +203,32 @@ def test_usage_and_stream_match_the_full_response(client, tokenizer):
     assert all(c.usage is None for c in plain), "usage only when stream_options.include_usage"
 
 
+@pytest.mark.parametrize("path", ["/v1/completions", "/v1/chat/completions"])
+@pytest.mark.parametrize("include_usage", [True, False])
+def test_streamed_chunks_are_the_schema_byte_for_byte(http, path, include_usage):
+    from engine.server.protocol import ChatCompletionChunk, CompletionChunk
+
+    body = {"model": "tiny-alias", "max_tokens": 24, "ignore_eos": True, "temperature": 1.0, "seed": 3,
+            "stream": True, "stream_options": {"include_usage": include_usage}}
+    chat = path == "/v1/chat/completions"
+    body |= {"messages": [{"role": "user", "content": 'Say "hi"\nté'}]} if chat else {"prompt": 'Say "hi"\nté'}
+    r = post(http, path, body)
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+    events = r.text.split("\n\n")
+    assert events[-2:] == ["data: [DONE]", ""]
+    schema = ChatCompletionChunk if chat else CompletionChunk
+    chunks = []
+    for event in events[:-2]:
+        data = event.removeprefix("data: ")
+        chunk = schema.model_validate_json(data)
+        assert chunk.model_dump_json(exclude=None if include_usage else {"usage"}) == data
+        chunks.append(chunk)
+    assert all(c.id == chunks[0].id and c.created == chunks[0].created and c.model == "tiny-alias" for c in chunks)
+    assert (chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 24) == include_usage
+    finish = [c.choices[0].finish_reason for c in chunks if c.choices]
+    assert finish[-1] == "length" and not any(finish[:-1])
+
+
 def test_chat_usage_counts_the_templated_prompt(client, tokenizer):
     messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hello there"}]
     expected = len(tokenizer.encode(tokenizer.apply_chat_template(messages)))

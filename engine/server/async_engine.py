@@ -1,8 +1,9 @@
-"""Runs LLMEngine.step() in one background thread and hands each request's outputs to its asyncio queue."""
+"""Runs LLMEngine.step() in one background thread and hands each request's outputs to its outbox on the event loop."""
 import asyncio
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Callable
 
 from engine.llm_engine import LLMEngine
@@ -19,7 +20,7 @@ class EngineDeadError(RuntimeError):
 class AsyncEngine:
     def __init__(self, engine: LLMEngine) -> None:
         self.engine = engine
-        self.queues: dict[str, asyncio.Queue[RequestOutput | Exception]] = {}
+        self.queues: dict[str, Outbox] = {}
         self.loop: asyncio.AbstractEventLoop | None = None
         self.wake = threading.Event()
         self.stopping = False
@@ -70,6 +71,7 @@ class AsyncEngine:
             self.stopping = True
 
     def _dispatch(self, outputs: list[RequestOutput], now: float) -> None:
+        """The event loop's part of a step, posted once for all its outputs: one wake-up of the loop per step."""
         for hook in self.on_outputs:
             hook(outputs, now)
         for out in outputs:
@@ -85,32 +87,66 @@ class AsyncEngine:
     def add(self, request_id: str, prompt: str | list[int], params: SamplingParams) -> "RequestStream":
         """Queues the request now, raising ValueError as LLMEngine.add_request does; outputs come on the stream."""
         self.engine.add_request(request_id, prompt, params, arrival_time=time.time())
-        queue: asyncio.Queue[RequestOutput | Exception] = asyncio.Queue()
-        self.queues[request_id] = queue
+        outbox = Outbox()
+        self.queues[request_id] = outbox
         self.wake.set()
-        return RequestStream(self, request_id, queue)
+        return RequestStream(self, request_id, outbox)
+
+
+class Outbox:
+    """A request's outputs not yet read, and the reader waiting for them: asyncio.Queue's part that is used here,
+    for a fraction of its cost per token, and read all at once."""
+
+    __slots__ = ("items", "waiter")
+
+    def __init__(self) -> None:
+        self.items: deque[RequestOutput | Exception] = deque()
+        self.waiter: asyncio.Future[None] | None = None
+
+    def put_nowait(self, item: RequestOutput | Exception) -> None:
+        self.items.append(item)
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_result(None)
+
+    async def wait(self) -> None:
+        while not self.items:
+            self.waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self.waiter
+            finally:
+                self.waiter = None
 
 
 class RequestStream:
     """One request's outputs. Closing it, or dropping it unread, before the end aborts the request."""
 
-    __slots__ = ("engine", "request_id", "queue", "finished")
+    __slots__ = ("engine", "request_id", "outbox", "finished")
 
-    def __init__(self, engine: AsyncEngine, request_id: str, queue: asyncio.Queue) -> None:
+    def __init__(self, engine: AsyncEngine, request_id: str, outbox: Outbox) -> None:
         self.engine = engine
         self.request_id = request_id
-        self.queue = queue
+        self.outbox = outbox
         self.finished = False
+
+    async def take(self) -> list[RequestOutput]:
+        """Every output already waiting, after waiting for the first if there is none: never for a second. An engine
+        failure is raised once the outputs that came before it are taken."""
+        await self.outbox.wait()
+        items = self.outbox.items
+        if isinstance(items[0], Exception):
+            self.finished = True
+            raise items.popleft()
+        taken = []
+        while items and not isinstance(items[0], Exception):
+            taken.append(out := items.popleft())
+            self.finished = out.finished
+        return taken
 
     async def __aiter__(self) -> AsyncIterator[RequestOutput]:
         try:
             while not self.finished:
-                item = await self.queue.get()
-                if isinstance(item, Exception):
-                    self.finished = True
-                    raise item
-                self.finished = item.finished
-                yield item
+                for out in await self.take():
+                    yield out
         finally:
             self.close()
 

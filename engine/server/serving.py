@@ -1,7 +1,7 @@
 """Turns OpenAI requests into engine requests, and engine outputs into OpenAI responses and SSE chunks."""
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 from jinja2 import TemplateError
@@ -10,10 +10,10 @@ from engine.outputs import RequestOutput
 from engine.sampling_params import SamplingParams
 from engine.server.async_engine import AsyncEngine, RequestStream
 from engine.server.errors import APIError, error_body, param_of
-from engine.server.protocol import (ChatChoice, ChatCompletionChunk, ChatCompletionRequest, ChatCompletionResponse,
-                                    ChatResponseMessage, ChatStreamChoice, CompletionChoice, CompletionChunk,
-                                    CompletionRequest, CompletionResponse, DeltaMessage, PromptTokensDetails,
+from engine.server.protocol import (ChatChoice, ChatCompletionRequest, ChatCompletionResponse, ChatResponseMessage,
+                                    CompletionChoice, CompletionRequest, CompletionResponse, PromptTokensDetails,
                                     SamplingFields, Usage)
+from engine.server.sse import DONE, ChatChunks, CompletionChunks, sse
 
 
 @dataclass(slots=True)
@@ -27,10 +27,6 @@ def usage_of(out: RequestOutput) -> Usage:
     p, c = out.num_prompt_tokens, out.num_output_tokens
     return Usage(prompt_tokens=p, completion_tokens=c, total_tokens=p + c,
                  prompt_tokens_details=PromptTokensDetails(cached_tokens=out.metrics.num_cached_tokens))
-
-
-def sse(data: str) -> str:
-    return f"data: {data}\n\n"
 
 
 class OpenAIServing:
@@ -119,57 +115,34 @@ class OpenAIServing:
                             stop_reason=out.stop_reason)
         return ChatCompletionResponse(id=p.request_id, model=p.model, choices=[choice], usage=usage_of(out))
 
-    def stream_completion(self, p: Admitted, include_usage: bool) -> AsyncIterator[str]:
-        created = int(time.time())
+    def stream_completion(self, p: Admitted, include_usage: bool) -> AsyncIterator[bytes]:
+        return framed(p, CompletionChunks(p.request_id, int(time.time()), p.model, include_usage).render)
 
-        def chunk(choices: list[CompletionChoice], usage: Usage | None = None) -> str:
-            c = CompletionChunk(id=p.request_id, created=created, model=p.model, choices=choices, usage=usage)
-            return sse(c.model_dump_json(exclude=None if include_usage else {"usage"}))
-
-        async def events() -> AsyncIterator[str]:
-            async for out in p.stream:
-                if out.new_text or out.finished:
-                    reason = out.finish_reason if out.finished else None
-                    yield chunk([CompletionChoice(text=out.new_text, finish_reason=reason,
-                                                  stop_reason=out.stop_reason)])
-                if out.finished and include_usage:
-                    yield chunk([], usage_of(out))
-
-        return framed(p, events())
-
-    def stream_chat(self, p: Admitted, include_usage: bool) -> AsyncIterator[str]:
-        created = int(time.time())
-
-        def chunk(choices: list[ChatStreamChoice], usage: Usage | None = None) -> str:
-            c = ChatCompletionChunk(id=p.request_id, created=created, model=p.model, choices=choices, usage=usage)
-            return sse(c.model_dump_json(exclude=None if include_usage else {"usage"}))
-
-        async def events() -> AsyncIterator[str]:
-            yield chunk([ChatStreamChoice(delta=DeltaMessage(role="assistant", content=""))])
-            async for out in p.stream:
-                if out.new_text:
-                    yield chunk([ChatStreamChoice(delta=DeltaMessage(content=out.new_text))])
-                if out.finished:
-                    yield chunk([ChatStreamChoice(delta=DeltaMessage(), finish_reason=out.finish_reason,
-                                                  stop_reason=out.stop_reason)])
-                    if include_usage:
-                        yield chunk([], usage_of(out))
-
-        return framed(p, events())
+    def stream_chat(self, p: Admitted, include_usage: bool) -> AsyncIterator[bytes]:
+        chunks = ChatChunks(p.request_id, int(time.time()), p.model, include_usage)
+        return framed(p, chunks.render, opening=chunks.role())
 
 
-async def framed(p: Admitted, events: AsyncIterator[str]) -> AsyncIterator[str]:
-    """The SSE envelope both endpoints share: the events, [DONE], an error event if the engine failed, and the
-    request's stream closed whatever happens (a client gone mid-stream aborts the request)."""
+async def framed(p: Admitted, render: Callable[[RequestOutput], str], opening: str = "") -> AsyncIterator[bytes]:
+    """The SSE envelope both endpoints share: the opening event at once, then the events of each output, [DONE], an
+    error event if the engine failed, and the request's stream closed whatever happens (a client gone mid-stream
+    aborts the request). Outputs that were already waiting leave in one send: one write instead of one each."""
     try:
-        async for event in events:
-            yield event
-    except RuntimeError as e:
-        yield error_event(e)
-        return
+        if opening:
+            yield opening.encode()
+        while not p.stream.finished:
+            try:
+                outputs = await p.stream.take()
+            except RuntimeError as e:
+                yield error_event(e).encode()
+                return
+            events = "".join([render(out) for out in outputs])
+            if p.stream.finished:
+                events += DONE
+            if events:
+                yield events.encode()
     finally:
         p.stream.close()
-    yield sse("[DONE]")
 
 
 def error_event(e: Exception) -> str:
