@@ -112,9 +112,10 @@ class BlockManager:
 
     def cache_full_blocks(self, seq: Sequence) -> None:
         """Names the blocks that this step filled, so later requests can share them."""
-        if not self.enable_prefix_caching:
-            return
         full = seq.num_computed_tokens // self.block_size
+        # A decode step fills a block once in block_size steps: the other steps have nothing to name.
+        if not self.enable_prefix_caching or full <= seq.num_named_blocks:
+            return
         self.full_block_hashes(seq, seq.num_computed_tokens)
         for i in range(seq.num_named_blocks, full):
             block = self.blocks[seq.block_table[i]]
