@@ -35,9 +35,9 @@ def serve(
     tensor_parallel_size: Annotated[int, typer.Option(min=1, help="GPUs (or CPU processes) to shard over")] = 1,
     disable_custom_all_reduce: Annotated[bool, typer.Option(
         "--disable-custom-all-reduce", help="with tensor parallelism, send every all-reduce through NCCL")] = False,
-    async_scheduling: Annotated[bool, typer.Option(
+    async_scheduling: Annotated[bool | None, typer.Option(
         "--async-scheduling/--no-async-scheduling",
-        help="schedule and launch the next step before reading this step's tokens (experimental)")] = False,
+        help="schedule and launch the next step before reading this step's tokens; default: on a GPU")] = None,
     tokenizer: Annotated[str | None, typer.Option(help="tokenizer (HF directory or GGUF) for random: models")] = None,
     seed: Annotated[int, typer.Option(help="seed for random weights and unseeded sampling")] = 0,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error")] = "info",

@@ -64,7 +64,7 @@ class EngineConfig:
     enforce_eager: bool = False
     tensor_parallel_size: int = 1
     disable_custom_all_reduce: bool = False
-    async_scheduling: bool = False
+    async_scheduling: bool | None = None  # None: on where the device is a GPU
 
     def __post_init__(self) -> None:
         if self.block_size < 1 or self.block_size & (self.block_size - 1):

@@ -32,8 +32,11 @@ class InFlight:
 class LLMEngine:
     def __init__(self, model: str, dtype: str | torch.dtype = "auto", device: str = "auto", *,
                  hf_config: dict | None = None, tokenizer: str | None = None, **kwargs: object) -> None:
-        self.config = EngineConfig(model=model, dtype=str(dtype), device=device, **kwargs)
         self.device = resolve_device(device)
+        if kwargs.get("async_scheduling") is None:
+            # On a GPU the host's share of a step then overlaps the step before; on the CPU nothing would overlap.
+            kwargs["async_scheduling"] = self.device.type == "cuda"
+        self.config = EngineConfig(model=model, dtype=str(dtype), device=device, **kwargs)
         self.dtype = resolve_dtype(dtype, self.device)
         torch.manual_seed(self.config.seed)
         started = time.perf_counter()

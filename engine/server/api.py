@@ -57,7 +57,8 @@ def engine_info(core: LLMEngine, served_model_names: list[str]) -> dict[str, Any
         "quantization": core.quantization, "dtype": str(core.dtype).removeprefix("torch."),
         "device": str(core.device), "block_size": cfg.block_size, "max_model_len": core.max_model_len,
         "max_num_seqs": cfg.max_num_seqs, "max_num_batched_tokens": cfg.max_num_batched_tokens,
-        "prefix_caching": cfg.enable_prefix_caching, "kv_blocks_total": core.runner.num_blocks,
+        "prefix_caching": cfg.enable_prefix_caching, "async_scheduling": cfg.async_scheduling,
+        "kv_blocks_total": core.runner.num_blocks,
         "kv_cache_bytes": core.runner.kv_cache_bytes, "weights_bytes": core.weights_bytes,
         "load_seconds": round(core.load_seconds, 3), "torch": torch.__version__,
         "tensor_parallel_size": cfg.tensor_parallel_size, "all_reduce": core.runner.all_reduce,
@@ -151,7 +152,7 @@ def build_app(core: LLMEngine, served_model_names: list[str], *, api_key: str | 
 
     @app.post("/v1/completions", response_model=CompletionResponse, responses={**ERRORS, **STREAMED})
     async def completions(req: CompletionRequest, request: Request) -> Any:
-        admitted = serving.admit_completion(req)
+        admitted = await serving.admit_completion(req)
         if req.stream:
             return StreamingResponse(serving.stream_completion(admitted, req.include_usage),
                                      media_type="text/event-stream", headers=SSE_HEADERS)
@@ -159,7 +160,7 @@ def build_app(core: LLMEngine, served_model_names: list[str], *, api_key: str | 
 
     @app.post("/v1/chat/completions", response_model=ChatCompletionResponse, responses={**ERRORS, **STREAMED})
     async def chat_completions(req: ChatCompletionRequest, request: Request) -> Any:
-        admitted = serving.admit_chat(req)
+        admitted = await serving.admit_chat(req)
         if req.stream:
             return StreamingResponse(serving.stream_chat(admitted, req.include_usage),
                                      media_type="text/event-stream", headers=SSE_HEADERS)
