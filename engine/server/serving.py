@@ -1,7 +1,10 @@
 """Turns OpenAI requests into engine requests, and engine outputs into OpenAI responses and SSE chunks."""
+import asyncio
+import os
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from jinja2 import TemplateError
@@ -34,14 +37,23 @@ class OpenAIServing:
         self.engine = engine
         self.names = served_model_names
         self.max_waiting = max_waiting
+        # Prompts are tokenized off the event loop, without the GIL (TextTokenizer.encode): a burst of long prompts
+        # then neither holds back the streams already running nor the engine thread's next step.
+        self.tokenize_pool = ThreadPoolExecutor(min(4, os.cpu_count() or 1), thread_name_prefix="tokenize")
 
-    def admit(self, req: SamplingFields, prompt: str | list[int], prefix: str, prompt_field: str,
+    async def tokenize(self, prompt: str | list[int]) -> list[int]:
+        core = self.engine.engine
+        if not isinstance(prompt, str) or core.tokenizer is None:
+            return core.tokenize(prompt)
+        return await asyncio.get_running_loop().run_in_executor(self.tokenize_pool, core.tokenize, prompt)
+
+    async def admit(self, req: SamplingFields, prompt: str | list[int], prefix: str, prompt_field: str,
                 max_tokens_field: str, max_tokens: int | None) -> Admitted:
         """Validates, refuses when too many wait, and queues the request: failures are a 4xx/503, never mid-stream."""
         model = self.resolve_model(req.model)
         core = self.engine.engine
         try:
-            ids = core.tokenize(prompt)
+            ids = await self.tokenize(prompt)
         except ValueError as e:
             raise APIError(400, str(e), prompt_field) from None
         vocab = core.model_config.vocab_size
@@ -77,10 +89,10 @@ class OpenAIServing:
                            "invalid_request_error", "model_not_found")
         return name
 
-    def admit_completion(self, req: CompletionRequest) -> Admitted:
-        return self.admit(req, req.prompt, "cmpl", "prompt", "max_tokens", req.max_tokens)
+    async def admit_completion(self, req: CompletionRequest) -> Admitted:
+        return await self.admit(req, req.prompt, "cmpl", "prompt", "max_tokens", req.max_tokens)
 
-    def admit_chat(self, req: ChatCompletionRequest) -> Admitted:
+    async def admit_chat(self, req: ChatCompletionRequest) -> Admitted:
         tok = self.engine.engine.tokenizer
         if tok is None:
             raise APIError(400, "this model has no tokenizer, so no chat template; use /v1/completions with "
@@ -91,7 +103,7 @@ class OpenAIServing:
         except (TemplateError, ValueError, TypeError) as e:
             raise APIError(400, f"the chat template rejected these messages: {e}", "messages") from None
         field, max_tokens = req.max_output
-        return self.admit(req, text, "chatcmpl", "messages", field, max_tokens)
+        return await self.admit(req, text, "chatcmpl", "messages", field, max_tokens)
 
     async def complete(self, p: Admitted) -> RequestOutput:
         final = None
