@@ -3,7 +3,8 @@
 Runs on one CUDA GPU (about 2 to 3 minutes on an H100). Ceilings measured in the same run: device-to-device copy
 bandwidth (bytes read + written) and a bf16 matrix product. Each row gives the median time (triton do_bench, L2
 flushed before every run), the bytes the kernel must move over that time, and the eager torch / SDPA time where one
-exists. Prints a short table, writes everything to --out as JSON.
+exists (for rope+store_kv: the rotary and store_kv launches it fuses). Prints a short table, writes everything to
+--out as JSON.
 
     python benchmarks/kernels_gpu.py --out kernels.json [--no-sweep]
 """
@@ -206,6 +207,38 @@ def helper_rows(ceil: dict) -> list[dict]:
     return rows
 
 
+def rotary_store_kv_rows(ceil: dict) -> list[dict]:
+    """The fused rotary + cache store against the two launches it replaces (baseline column); T=1 is batch-1 decode.
+
+    The check is exact: q and both caches must equal the two-launch path's bit for bit (rel_err column: 0 equal, 1 not).
+    """
+    rows = []
+    for shape, (hq, hkv, d, _, _) in SHAPES.items():
+        for tokens in (1, *HELPER_TOKENS):
+            qkv = torch.randn(tokens, hq + 2 * hkv, d, device=DEV, dtype=DT)
+            q, k, v = qkv[:, :hq], qkv[:, hq:hq + hkv], qkv[:, hq + hkv:]
+            k_cache, v_cache, _ = paged_pool(1, 4 * tokens, hkv, d)
+            slots = torch.randperm(k_cache.size(0) * 16, device=DEV)[:tokens]
+            positions = torch.randint(0, 32768, (tokens,), device=DEV)
+            cos_sin = torch.randn(32768, d, device=DEV)
+
+            def two_launches(caches: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+                q_out, k_out = K.rotary(positions, q, k, cos_sin)
+                K.store_kv(k_out, v, *caches, slots)
+                return q_out
+
+            want_caches = k_cache.clone(), v_cache.clone()
+            want_q = two_launches(want_caches)
+            got_q = K.rotary_store_kv(positions, q, k, v, k_cache, v_cache, slots, cos_sin)
+            identical = torch.equal(got_q, want_q) and torch.equal(k_cache, want_caches[0]) and torch.equal(
+                v_cache, want_caches[1])
+            seconds = timed(lambda: K.rotary_store_kv(positions, q, k, v, k_cache, v_cache, slots, cos_sin))
+            nbytes = 2 * tokens * (hq + 2 * hkv) * d * 2 + tokens * d * 4
+            rows.append(row("rope+store_kv", shape, f"T={tokens}", seconds, nbytes, ceil, 0.0 if identical else 1.0,
+                            timed(lambda: two_launches(want_caches))))
+    return rows
+
+
 def decode_sweep(ceil: dict) -> list[dict]:
     configs = [{"BLOCK_N": n, "num_warps": w, "num_stages": s} for n in (32, 64, 128) for s in (2, 3, 4)
                for w in ((4, 8) if n == 128 else (4,))]
@@ -253,7 +286,7 @@ def main() -> None:
     ceil = ceilings()
     print(f"{torch.cuda.get_device_name()}: copy {ceil['copy_GBps']:.0f} GB/s, bf16 matmul "
           f"{ceil['matmul_TFLOPs']:.0f} TFLOP/s", flush=True)
-    rows = decode_rows(ceil) + extend_rows(ceil) + helper_rows(ceil)
+    rows = decode_rows(ceil) + extend_rows(ceil) + helper_rows(ceil) + rotary_store_kv_rows(ceil)
     sweep = []
     if not args.no_sweep:
         sweep = decode_sweep(ceil) + extend_rows(ceil, (

@@ -24,7 +24,7 @@ from triton.compiler import compile as triton_compile  # noqa: E402
 from triton.runtime.jit import create_function_from_signature  # noqa: E402
 
 from engine.kernels import (activation, decode_attention, extend_attention, kv_cache, norm,  # noqa: E402
-                            rotary_embedding, sampler)
+                            rotary_embedding, rotary_kv, sampler)
 
 TARGET = GPUTarget("cuda", 90, 32)
 TOOLS = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
@@ -84,6 +84,11 @@ def cases() -> dict[str, tuple]:
             slots, qv, k, t, t, cache, qv.stride(0), qv.stride(1), k.stride(0), k.stride(1), cache.stride(0)),
             dict(NUM_Q_HEADS=hq, NUM_K_HEADS=hkv, HALF=d // 2, BLOCK_HQ=triton.next_power_of_2(hq),
                  BLOCK_HK=triton.next_power_of_2(hkv), BLOCK_HALF=d // 2, num_warps=4))
+        out[f"rope+store_kv {name}"] = (rotary_kv._rotary_store_kv_kernel, (
+            slots, slots, qv, k, v, t, kc, kc, cache, qv.stride(0), qv.stride(1), k.stride(0), k.stride(1),
+            v.stride(0), v.stride(1), cache.stride(0)),
+            dict(NUM_Q_HEADS=hq, NUM_KV_HEADS=hkv, HALF=d // 2, BLOCK_HQ=triton.next_power_of_2(hq),
+                 BLOCK_HKV=triton.next_power_of_2(hkv), BLOCK_HALF=d // 2, BLOCK_D=d, num_warps=4))
     x = torch.empty(64, 5120, dtype=bf16)
     w = torch.empty(5120, dtype=bf16)
     out["rms_norm+residual 5120"] = (norm._rms_norm_kernel, (x, x, w, x, x, 1e-6, x.stride(0), x.stride(0)),

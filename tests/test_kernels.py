@@ -251,6 +251,140 @@ def test_rotary_matches_layer(poison, dtype, head_dim):
     assert torch.equal(flat_k.view_as(k_out), k_out)
 
 
+def rotary_then_store_kv(positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                         caches: tuple[torch.Tensor, torch.Tensor], slots: torch.Tensor,
+                         cos_sin_cache: torch.Tensor) -> torch.Tensor:
+    """The two launches K.rotary_store_kv replaces."""
+    q_out, k_out = K.rotary(positions, q, k, cos_sin_cache)
+    K.store_kv(k_out, v, *caches, slots)
+    return q_out
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32], ids=str)
+@pytest.mark.parametrize("heads,kv_heads,head_dim", [(28, 4, 128), (16, 8, 64), (9, 3, 64), (4, 4, 80)])
+@pytest.mark.parametrize("qk_normed", [False, True], ids=["qkv-views", "qk-contiguous"])
+def test_rotary_store_kv_matches_rotary_then_store_kv(poison, dtype, heads, kv_heads, head_dim, qk_normed):
+    """Bit for bit: q_out as rotary writes it, both caches as rotary + store_kv leave them, padding slots untouched."""
+    gen = torch.Generator().manual_seed(heads * head_dim + qk_normed)
+    layer = RotaryEmbedding(head_dim, 4096, 1e6).to(DEVICE)
+    tokens = 11
+    qkv = _randn(tokens, (heads + 2 * kv_heads) * head_dim, dtype=dtype, gen=gen)
+    q, k, v = qkv.split([heads * head_dim, kv_heads * head_dim, kv_heads * head_dim], dim=-1)
+    q, k, v = (t.view(tokens, -1, head_dim) for t in (q, k, v))  # strided views, as Attention.forward makes them
+    if qk_normed:  # Qwen3: q_norm / k_norm hand over new contiguous tensors, v stays a view
+        q, k = q.contiguous(), k.contiguous()
+    positions = torch.randint(0, 4096, (tokens,), generator=gen).to(DEVICE)
+    slots = torch.randperm(5 * 16, generator=gen)[:tokens].to(DEVICE)
+    slots[[0, 6, 10]] = -1
+    caches = tuple(_randn(5, 16, kv_heads, head_dim, dtype=dtype, gen=gen) for _ in range(2))
+    want_caches = tuple(c.clone() for c in caches)
+    want_q = rotary_then_store_kv(positions, q, k, v, want_caches, slots, layer.cos_sin_cache)
+    q_out = K.rotary_store_kv(positions, q, k, v, *caches, slots, layer.cos_sin_cache)
+    assert q_out.shape == q.shape and q_out.dtype == dtype and torch.equal(q_out, want_q)
+    assert torch.equal(caches[0], want_caches[0]) and torch.equal(caches[1], want_caches[1])
+    empty = K.rotary_store_kv(positions[:0], q[:0], k[:0], v[:0], *caches, slots[:0], layer.cos_sin_cache)
+    assert empty.shape == (0, heads, head_dim)
+
+
+def test_rotary_store_kv_names_the_problem():
+    cos_sin = RotaryEmbedding(64, 16, 1e4).cos_sin_cache.to(DEVICE)
+    q, k = torch.zeros(3, 8, 64, device=DEVICE), torch.zeros(3, 2, 64, device=DEVICE)
+    cache = torch.zeros(2, 16, 2, 64, device=DEVICE)
+    slots = torch.zeros(3, dtype=torch.int64, device=DEVICE)
+    positions = torch.zeros(3, dtype=torch.int64, device=DEVICE)
+    with pytest.raises(ValueError, match="k and v alike"):
+        K.rotary_store_kv(positions, q, k, k[:, :1], cache, cache, slots, cos_sin)
+    with pytest.raises(ValueError, match="must be"):
+        K.rotary_store_kv(positions, q.flatten(1), k, k, cache, cache, slots, cos_sin)
+    with pytest.raises(ValueError, match="does not match cache"):
+        K.rotary_store_kv(positions, q, k, k, cache[:, :, :1].contiguous(), cache[:, :, :1].contiguous(), slots,
+                          cos_sin)
+
+
+def _tiny_model(arch: str, dtype: torch.dtype, num_blocks: int, block_size: int) -> torch.nn.Module:
+    from engine.config import ModelConfig
+    from engine.loader import build_model, init_random
+
+    config = ModelConfig(architecture=arch, vocab_size=256, hidden_size=128, intermediate_size=256,
+                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=32,
+                         max_position_embeddings=256, rms_norm_eps=1e-6, rope_theta=1e4,
+                         qk_norm=arch == "Qwen3ForCausalLM")
+    model = build_model(config, dtype, DEVICE)
+    init_random(model, seed=0)
+    for layer in model.modules():
+        if hasattr(layer, "k_cache"):
+            layer.k_cache = torch.zeros(num_blocks, block_size, 2, 32, dtype=dtype, device=DEVICE)
+            layer.v_cache = torch.zeros_like(layer.k_cache)
+    return model
+
+
+def _prefill_then_padded_decode(model: torch.nn.Module, backend: object) -> list[torch.Tensor]:
+    """Two sequences (5 and 3 prompt tokens) prefilled, then one decode step padded to 3 rows as a CUDA graph pads it.
+
+    Returns the hidden states of both steps and every layer's caches afterwards."""
+    device = DEVICE
+    i32 = dict(dtype=torch.int32, device=device)
+    tables = torch.tensor([[2, 0], [1, 3], [0, 0]], **i32)
+    for layer in model.modules():
+        if hasattr(layer, "k_cache"):
+            layer.backend = backend
+    prefill = ref.AttentionMetadata(
+        slot_mapping=torch.tensor([32, 33, 34, 35, 36, 16, 17, 18], device=device), block_tables=tables[:2],
+        seq_lens=torch.tensor([5, 3], **i32), query_start_loc=torch.tensor([0, 5, 8], **i32),
+        num_decodes=0, num_decode_tokens=0, max_query_len=5, max_seq_len=5)
+    decode = ref.AttentionMetadata(
+        slot_mapping=torch.tensor([37, 19, -1], device=device), block_tables=tables,
+        seq_lens=torch.tensor([6, 4, 0], **i32), query_start_loc=torch.tensor([0, 1, 2, 3], **i32),
+        num_decodes=3, num_decode_tokens=3, max_query_len=1, max_seq_len=6)
+    ids = torch.tensor([11, 12, 13, 14, 15, 21, 22, 23], device=device)
+    with torch.inference_mode():
+        hidden = [model(ids, torch.tensor([0, 1, 2, 3, 4, 0, 1, 2], device=device), prefill),
+                  model(torch.tensor([16, 24, 0], device=device), torch.tensor([5, 3, 0], device=device), decode)]
+    caches = [c.clone() for m in model.modules() if hasattr(m, "k_cache") for c in (m.k_cache, m.v_cache)]
+    return hidden + caches
+
+
+@pytest.mark.parametrize("arch", ["LlamaForCausalLM", "Qwen3ForCausalLM"])
+def test_model_uses_the_fused_rotary_store_kv_on_the_triton_backend(monkeypatch, arch):
+    """The CUDA backend takes one launch per layer for rotary + store; the result equals the two-launch path's."""
+    from engine.layers import rotary as rotary_layer
+
+    assert ref.get_backend(torch.device("cuda")).name == "triton"
+    assert hasattr(ref.get_backend(torch.device("cuda")), "rotary_store_kv")
+    assert not hasattr(ref.get_backend(torch.device("cpu")), "rotary_store_kv"), "the CPU reference path is unfused"
+
+    class TwoLaunchBackend:  # the Triton backend as it was before the fusion
+        name = "triton-unfused"
+        store_kv = staticmethod(K.store_kv)
+        paged_decode = staticmethod(K.paged_decode)
+        paged_extend = staticmethod(K.paged_extend)
+
+    def rotary_as_on_cuda(self, positions, q, k):
+        return K.rotary(positions, q, k, self.cos_sin_cache)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(rotary_layer.RotaryEmbedding, "forward", rotary_as_on_cuda)
+        want = _prefill_then_padded_decode(_tiny_model(arch, torch.bfloat16, 4, 16), TwoLaunchBackend)
+
+    fused_calls = []
+
+    def counted_rotary_store_kv(*args):
+        fused_calls.append(args[1].shape)
+        return K.rotary_store_kv(*args)
+
+    def unexpected(*args, **kwargs):
+        raise AssertionError("the fused backend must not run rotary or store_kv separately")
+
+    backend = K.TritonAttentionBackend
+    monkeypatch.setattr(backend, "rotary_store_kv", staticmethod(counted_rotary_store_kv))
+    monkeypatch.setattr(backend, "store_kv", staticmethod(unexpected))
+    monkeypatch.setattr(rotary_layer.RotaryEmbedding, "forward", unexpected)
+    got = _prefill_then_padded_decode(_tiny_model(arch, torch.bfloat16, 4, 16), backend)
+    assert fused_calls == [(8, 4, 32)] * 2 + [(3, 4, 32)] * 2, "one fused call per layer and step"
+    assert all(torch.equal(a, b) for a, b in zip(got, want))
+    assert got[1][2].isfinite().all()
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_silu_and_mul_matches_layer(poison, dtype):
     gen = torch.Generator().manual_seed(5)
@@ -357,7 +491,7 @@ def test_attention_kernels_compile_for_hopper_without_spills(tmp_path):
     subprocess.run([sys.executable, "benchmarks/kernels_sm90.py", "--only", "qwen2.5-7b", "--json", str(report_path)],
                    cwd=root, check=True, capture_output=True)
     report = json.loads(report_path.read_text())
-    assert len(report) == 6
+    assert len(report) == 7
     for name, r in report.items():
         assert r["local"] == 0 and r["stack"] == 0 and not r["ops"].get("LDL"), f"{name} spills to local memory"
         if name.startswith(("decode", "extend")):
@@ -446,3 +580,39 @@ def test_gpu_fused_helpers_and_sampler_full_size():
     assert torch.equal(ids[0::2], logits[0::2].argmax(-1))
     top50 = logits[1::2].topk(50, dim=-1).indices
     assert (top50 == ids[1::2, None]).any(-1).all(), "a sampled token fell outside its row's top-k"
+
+
+@gpu
+@needs_cuda
+@pytest.mark.parametrize("shape", SHAPES)
+def test_gpu_rotary_store_kv_replays_in_a_cuda_graph_without_host_sync(shape):
+    heads, kv_heads, dim = SHAPES[shape]
+    gen = torch.Generator().manual_seed(1)
+    layer = RotaryEmbedding(dim, 32768, 1e6).to(DEVICE)
+    tokens = 64
+    qkv = _randn(tokens, heads + 2 * kv_heads, dim, dtype=torch.bfloat16, gen=gen)
+    q, k, v = qkv[:, :heads], qkv[:, heads:heads + kv_heads], qkv[:, heads + kv_heads:]
+    positions = torch.zeros(tokens, dtype=torch.int64, device=DEVICE)
+    slots = torch.full((tokens,), -1, dtype=torch.int64, device=DEVICE)
+    caches = tuple(_randn(40, 16, kv_heads, dim, dtype=torch.bfloat16, gen=gen) for _ in range(2))
+    args = (positions, q, k, v, *caches, slots, layer.cos_sin_cache)
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        K.rotary_store_kv(*args)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        q_out = K.rotary_store_kv(*args)
+    for padding in (0, 9):
+        positions.copy_(torch.randint(0, 32768, (tokens,), generator=gen))
+        new_slots = torch.randperm(40 * 16, generator=gen)[:tokens]
+        new_slots[tokens - padding:] = -1
+        slots.copy_(new_slots)
+        qkv.copy_(_randn(*qkv.shape, dtype=torch.bfloat16, gen=gen))
+        want_caches = tuple(c.clone() for c in caches)
+        want_q = rotary_then_store_kv(positions, q, k, v, want_caches, slots, layer.cos_sin_cache)
+        graph.replay()
+        assert torch.equal(q_out, want_q)
+        assert torch.equal(caches[0], want_caches[0]) and torch.equal(caches[1], want_caches[1])

@@ -5,8 +5,9 @@ from engine.kernels.decode_attention import paged_decode
 from engine.kernels.extend_attention import paged_extend
 from engine.kernels.norm import rms_norm
 from engine.kernels.rotary_embedding import rotary
+from engine.kernels.rotary_kv import rotary_store_kv
 from engine.kernels.sampler import sample
 from engine.kernels.kv_cache import store_kv
 
-__all__ = ["TritonAttentionBackend", "paged_decode", "paged_extend", "rms_norm", "rotary", "sample", "silu_and_mul",
-           "store_kv"]
+__all__ = ["TritonAttentionBackend", "paged_decode", "paged_extend", "rms_norm", "rotary", "rotary_store_kv", "sample",
+           "silu_and_mul", "store_kv"]

@@ -7,18 +7,34 @@ from engine.kernels.common import use_triton
 
 
 @triton.jit
-def _rotate_heads(src_ptr, dst_ptr, token, stride_t, stride_h, cos, sin, NUM_HEADS: tl.constexpr,
-                  HALF: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_HALF: tl.constexpr):
+def load_cos_sin(positions_ptr, cache_ptr, token, stride_cache, HALF: tl.constexpr, BLOCK_HALF: tl.constexpr):
+    pos = tl.load(positions_ptr + token).to(tl.int64)
+    offs_d = tl.arange(0, BLOCK_HALF)
+    d_mask = offs_d < HALF
+    cos = tl.load(cache_ptr + pos * stride_cache + offs_d, mask=d_mask, other=0.0)[None, :]
+    sin = tl.load(cache_ptr + pos * stride_cache + HALF + offs_d, mask=d_mask, other=0.0)[None, :]
+    return cos, sin
+
+
+@triton.jit
+def rotate_heads(src_ptr, dst_ptr, src_row, dst_row, stride_t, stride_h, cos, sin, NUM_HEADS: tl.constexpr,
+                 HALF: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_HALF: tl.constexpr):
+    """Heads of row src_row (strided) -> row dst_row of a contiguous [rows, NUM_HEADS, 2 * HALF] destination.
+
+    fp32 math rounded to the source dtype, then cast to the destination's (a no-op when they match), so a rotated
+    k written straight into a cache holds what rotary's output copied there by store_kv would.
+    """
     offs_h = tl.arange(0, BLOCK_H)
     offs_d = tl.arange(0, BLOCK_HALF)
     mask = (offs_h[:, None] < NUM_HEADS) & (offs_d[None, :] < HALF)
-    src = src_ptr + token * stride_t + offs_h[:, None] * stride_h + offs_d[None, :]
+    src = src_ptr + src_row * stride_t + offs_h[:, None] * stride_h + offs_d[None, :]
     x1 = tl.load(src, mask=mask, other=0.0).to(tl.float32)
     x2 = tl.load(src + HALF, mask=mask, other=0.0).to(tl.float32)
-    dst = dst_ptr + token * (NUM_HEADS * 2 * HALF) + offs_h[:, None] * (2 * HALF) + offs_d[None, :]
-    dtype = dst_ptr.dtype.element_ty
-    tl.store(dst, (x1 * cos - x2 * sin).to(dtype), mask=mask)
-    tl.store(dst + HALF, (x2 * cos + x1 * sin).to(dtype), mask=mask)
+    dst = dst_ptr + dst_row * (NUM_HEADS * 2 * HALF) + offs_h[:, None] * (2 * HALF) + offs_d[None, :]
+    src_dtype = src_ptr.dtype.element_ty
+    dst_dtype = dst_ptr.dtype.element_ty
+    tl.store(dst, (x1 * cos - x2 * sin).to(src_dtype).to(dst_dtype), mask=mask)
+    tl.store(dst + HALF, (x2 * cos + x1 * sin).to(src_dtype).to(dst_dtype), mask=mask)
 
 
 @triton.jit
@@ -26,13 +42,11 @@ def _rotary_kernel(positions_ptr, q_ptr, k_ptr, q_out_ptr, k_out_ptr, cache_ptr,
                    stride_kh, stride_cache, NUM_Q_HEADS: tl.constexpr, NUM_K_HEADS: tl.constexpr,
                    HALF: tl.constexpr, BLOCK_HQ: tl.constexpr, BLOCK_HK: tl.constexpr, BLOCK_HALF: tl.constexpr):
     token = tl.program_id(0).to(tl.int64)
-    pos = tl.load(positions_ptr + token).to(tl.int64)
-    offs_d = tl.arange(0, BLOCK_HALF)
-    d_mask = offs_d < HALF
-    cos = tl.load(cache_ptr + pos * stride_cache + offs_d, mask=d_mask, other=0.0)[None, :]
-    sin = tl.load(cache_ptr + pos * stride_cache + HALF + offs_d, mask=d_mask, other=0.0)[None, :]
-    _rotate_heads(q_ptr, q_out_ptr, token, stride_qt, stride_qh, cos, sin, NUM_Q_HEADS, HALF, BLOCK_HQ, BLOCK_HALF)
-    _rotate_heads(k_ptr, k_out_ptr, token, stride_kt, stride_kh, cos, sin, NUM_K_HEADS, HALF, BLOCK_HK, BLOCK_HALF)
+    cos, sin = load_cos_sin(positions_ptr, cache_ptr, token, stride_cache, HALF, BLOCK_HALF)
+    rotate_heads(q_ptr, q_out_ptr, token, token, stride_qt, stride_qh, cos, sin, NUM_Q_HEADS, HALF, BLOCK_HQ,
+                 BLOCK_HALF)
+    rotate_heads(k_ptr, k_out_ptr, token, token, stride_kt, stride_kh, cos, sin, NUM_K_HEADS, HALF, BLOCK_HK,
+                 BLOCK_HALF)
 
 
 def _rotary_torch(positions: torch.Tensor, x: torch.Tensor, cos_sin_cache: torch.Tensor) -> torch.Tensor:

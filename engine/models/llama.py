@@ -2,7 +2,7 @@
 import torch
 from torch import nn
 
-from engine.attention import AttentionMetadata, paged_attention
+from engine.attention import AttentionMetadata, attend_to_cache
 from engine.config import ModelConfig
 from engine.layers.activation import SiluAndMul
 from engine.layers.embedding import ParallelLMHead, VocabParallelEmbedding
@@ -39,9 +39,20 @@ class Attention(nn.Module):
         v = v.view(-1, self.num_kv_heads, self.head_dim)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
-        q, k = self.rotary_emb(positions, q, k)
-        out = paged_attention(self.backend, q, k, v, self.k_cache, self.v_cache, meta, self.scale)
+        q = self._rotate_and_store_kv(positions, q, k, v, meta.slot_mapping)
+        out = attend_to_cache(self.backend, q, self.k_cache, self.v_cache, meta, self.scale)
         return self.o_proj(out.flatten(1))
+
+    def _rotate_and_store_kv(self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                             slot_mapping: torch.Tensor) -> torch.Tensor:
+        """Rotates q and k, writes k and v into this layer's cache, returns the rotated q: in one launch where the
+        backend fuses the two (Triton, CUDA), else rotary then store_kv (the torch reference on the CPU)."""
+        fused = getattr(self.backend, "rotary_store_kv", None)
+        if fused is not None:
+            return fused(positions, q, k, v, self.k_cache, self.v_cache, slot_mapping, self.rotary_emb.cos_sin_cache)
+        q, k = self.rotary_emb(positions, q, k)
+        self.backend.store_kv(k, v, self.k_cache, self.v_cache, slot_mapping)
+        return q
 
 
 class MLP(nn.Module):
