@@ -142,10 +142,34 @@ def prefix_sharing(shape: str, n: int = 64, system_len: int = 2000, suffix: int 
         key = "with_cache" if caching else "without_cache"
         result[key] = {"ttft_p50_s": round(statistics.median(ttfts), 4), "ttft_max_s": round(max(ttfts), 4),
                        "hit_rate": round(llm.engine.stats().prefix_cache_hit_rate, 4)}
+        if caching:
+            result["all_cached_profile"] = profile_generate(llm, [system + rand_prompt(rng, suffix, vocab)
+                                                                  for _ in range(n)])
         del llm
         free()
     result["ttft_p50_ratio"] = round(result["without_cache"]["ttft_p50_s"] / result["with_cache"]["ttft_p50_s"], 2)
     return result
+
+
+def profile_generate(llm: LLM, prompts: list[list[int]], max_tokens: int = 16) -> dict:
+    """One generate() under the torch profiler: its steps, TTFT p50, and where the GPU time went."""
+    from torch.profiler import ProfilerActivity, profile as torch_profile
+
+    e = llm.engine
+    params = SamplingParams(temperature=0.0, max_tokens=max_tokens, min_tokens=max_tokens)
+    for p in prompts:
+        e.add_request(None, p, params)
+    torch.cuda.synchronize()
+    steps, ttfts, t = 0, [], time.perf_counter()
+    with torch_profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        while e.has_unfinished_requests():
+            ttfts += [o.metrics.first_token_time - o.metrics.arrival_time for o in e.step() if o.finished]
+            steps += 1
+        torch.cuda.synchronize()
+    wall = time.perf_counter() - t
+    gpu_ms, top = top_kernels(prof, steps)
+    return {"steps": steps, "ms_per_step_profiled": round(wall / steps * 1e3, 3), "gpu_kernel_ms_per_step":
+            round(gpu_ms, 3), "ttft_p50_s": round(statistics.median(ttfts), 4), "top_kernels": top}
 
 
 def start_decoding(e: LLMEngine, batch: int, context: int, max_tokens: int, rng: random.Random) -> None:
