@@ -110,13 +110,15 @@ class BlockManager:
             seq.block_hashes.append(parent)
         return seq.block_hashes[:full]
 
-    def cache_full_blocks(self, seq: Sequence) -> None:
-        """Names the blocks that this step filled, so later requests can share them."""
-        full = seq.num_computed_tokens // self.block_size
+    def cache_full_blocks(self, seq: Sequence, known_tokens: int | None = None) -> None:
+        """Names the blocks that this step filled, so later requests can share them; known_tokens leaves out a
+        trailing token sampled on the device and not read yet."""
+        computed = seq.num_computed_tokens if known_tokens is None else min(seq.num_computed_tokens, known_tokens)
+        full = computed // self.block_size
         # A decode step fills a block once in block_size steps: the other steps have nothing to name.
         if not self.enable_prefix_caching or full <= seq.num_named_blocks:
             return
-        self.full_block_hashes(seq, seq.num_computed_tokens)
+        self.full_block_hashes(seq, computed)
         for i in range(seq.num_named_blocks, full):
             block = self.blocks[seq.block_table[i]]
             if block.hash is None:

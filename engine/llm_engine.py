@@ -197,6 +197,9 @@ class LLMEngine:
         tokens, sampled = self.runner.launch(batch, self.eos_token_ids, pending)
         for seq, n in zip(batch.seqs, batch.num_new_tokens):
             seq.num_computed_tokens += n
+            # Named now, not when the step's tokens are read: the next step, scheduled before that under async
+            # scheduling, then shares them (it runs after this one on the same stream, so their KV is written).
+            self.block_manager.cache_full_blocks(seq, known_tokens=seq.num_tokens - (seq.token_ids[-1] == PENDING))
         positions = []
         for seq in sampled:
             positions.append(len(seq.token_ids))

@@ -61,3 +61,20 @@ def test_async_and_sync_engines_agree(engines, arrivals, abort_at):
     # Aborts land at different points of the two pipelines, so only the bookkeeping is compared.
     drive(fast, arrivals, abort_at)
     drive(plain, arrivals, abort_at)
+
+
+@pytest.mark.parametrize("async_scheduling", [False, True])
+def test_requests_behind_a_shared_prefix_share_it_with_either_scheduling(async_scheduling):
+    """The first request's prefix blocks are named when its step is launched, so requests scheduled before the host
+    reads that step (the next step, under async scheduling) take them from the cache instead of recomputing."""
+    core = LLMEngine("random:custom", device="cpu", hf_config=TINY_LLAMA, kv_cache_tokens=1024, block_size=16,
+                     max_model_len=128, max_num_batched_tokens=256, async_scheduling=async_scheduling)
+    shared = list(range(100, 164))
+    for i in range(4):
+        core.add_request(f"r{i}", shared + [200 + i, 300 + i], SamplingParams(temperature=0.0, max_tokens=3))
+    cached = {}
+    while core.has_unfinished_requests():
+        for out in core.step():
+            if out.finished:
+                cached[out.request_id] = out.metrics.num_cached_tokens
+    assert cached == {"r0": 0, "r1": 64, "r2": 64, "r3": 64}
