@@ -32,6 +32,13 @@ class SampledTokens:
         return self.host.tolist()
 
 
+def to_device(values: list, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A small host list on the device without a host sync: a copy from pageable memory waits for the stream to
+    drain, which under asynchronous scheduling would wait for the step queued ahead."""
+    t = torch.tensor(values, dtype=dtype)
+    return t if device.type == "cpu" else t.pin_memory().to(device, non_blocking=True)
+
+
 class Sampler:
     def __init__(self, device: torch.device, seed: int) -> None:
         self.device = device
@@ -47,21 +54,24 @@ class Sampler:
         self._mask_early_stops(logits, seqs, eos_token_ids)
         if all(greedy):
             return logits.argmax(dim=-1)
-        temps = torch.tensor([s.params.temperature or 1.0 for s in seqs], device=logits.device)
+        temps = to_device([s.params.temperature or 1.0 for s in seqs], torch.float32, logits.device)
         logits = logits / temps.unsqueeze(1)
         logits = _top_k_top_p(logits, [s.params.top_k for s in seqs], [s.params.top_p for s in seqs])
         probs = logits.softmax(dim=-1)
-        noise = torch.empty_like(probs)
         shared = [i for i, s in enumerate(seqs) if s.params.seed is None]
-        if shared:
-            noise[shared] = torch.empty(len(shared), probs.size(1), device=probs.device).exponential_(generator=self.generator)
+        if len(shared) == len(seqs):
+            noise = torch.empty_like(probs).exponential_(generator=self.generator)
+        else:
+            noise = torch.empty_like(probs)
+            if shared:
+                noise[to_device(shared, torch.int64, probs.device)] = torch.empty(
+                    len(shared), probs.size(1), device=probs.device).exponential_(generator=self.generator)
         for i, s in enumerate(seqs):
             if s.params.seed is not None:
                 noise[i].exponential_(generator=self._generator_for(s))
         sampled = (probs / noise).argmax(dim=-1)
-        greedy_t = torch.tensor(greedy, device=logits.device)
-        if greedy_t.any():
-            sampled = torch.where(greedy_t, logits.argmax(dim=-1), sampled)
+        if any(greedy):
+            sampled = torch.where(to_device(greedy, torch.bool, logits.device), logits.argmax(dim=-1), sampled)
         return sampled
 
     def _generator_for(self, seq: Sequence) -> torch.Generator:
@@ -83,7 +93,8 @@ class Sampler:
                 rows.extend([i] * len(banned))
                 cols.extend(banned)
         if rows:
-            logits[torch.tensor(rows), torch.tensor(cols)] = float("-inf")
+            logits[to_device(rows, torch.int64, logits.device), to_device(cols, torch.int64, logits.device)] = \
+                float("-inf")
 
 
 def _top_k_top_p(logits: torch.Tensor, top_ks: list[int], top_ps: list[float]) -> torch.Tensor:
@@ -91,11 +102,11 @@ def _top_k_top_p(logits: torch.Tensor, top_ks: list[int], top_ps: list[float]) -
         return logits
     sorted_logits, order = logits.sort(dim=-1, descending=True)
     vocab = logits.size(1)
-    ks = torch.tensor([vocab if k == -1 else min(k, vocab) for k in top_ks], device=logits.device)
+    ks = to_device([vocab if k == -1 else min(k, vocab) for k in top_ks], torch.int64, logits.device)
     ranks = torch.arange(vocab, device=logits.device).unsqueeze(0)
     mask = ranks >= ks.unsqueeze(1)
     probs = sorted_logits.masked_fill(mask, float("-inf")).softmax(dim=-1)
     before = probs.cumsum(dim=-1) - probs
-    mask |= before >= torch.tensor(top_ps, device=logits.device).unsqueeze(1)
+    mask |= before >= to_device(top_ps, torch.float32, logits.device).unsqueeze(1)
     sorted_logits = sorted_logits.masked_fill(mask, float("-inf"))
     return torch.empty_like(logits).scatter_(1, order, sorted_logits)

@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from engine.sampler import SampledTokens, Sampler, _top_k_top_p
@@ -57,3 +58,37 @@ def test_sampled_tokens_read_back_as_sampled():
     assert SampledTokens.start_copy(tokens).read() == [5, 0, 151643]
     if torch.cuda.is_available():
         assert SampledTokens.start_copy(tokens.cuda()).read() == [5, 0, 151643]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU")
+def test_sampling_never_waits_for_the_device():
+    """Asynchronous scheduling samples step N+1 while step N runs: a host sync here would serialise them."""
+    s = Sampler(torch.device("cuda"), seed=0)
+    logits = torch.randn(4, 1000, device="cuda")
+    batches = [[seq("g", temperature=0.0, min_tokens=5, stop_token_ids=[7])],
+               [seq("a", temperature=0.7, top_k=50, top_p=0.9, min_tokens=3), seq("b", temperature=0.0),
+                seq("c", temperature=1.0, seed=3), seq("d", temperature=1.0)],
+               [seq("e", temperature=0.8), seq("f", temperature=1.2, top_p=0.5)]]
+    for batch in batches:
+        s(logits[: len(batch)].clone(), batch, [2])  # first calls may allocate pinned memory
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for batch in batches:
+            s(logits[: len(batch)].clone(), batch, [2])
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+
+
+def test_a_batch_of_unseeded_rows_draws_what_it_drew_row_by_row_before():
+    """All-unseeded batches take their noise in one call; the draws equal filling every row of a fresh tensor."""
+    torch.manual_seed(0)
+    logits = torch.randn(3, 50)
+    rows = [seq(f"u{i}", temperature=0.9) for i in range(3)]
+    got = Sampler(torch.device("cpu"), seed=5)(logits.clone(), rows, [])
+    gen = torch.Generator().manual_seed(5)
+    probs = (logits / 0.9).softmax(-1)
+    noise = torch.empty_like(probs)
+    noise[[0, 1, 2]] = torch.empty(3, 50).exponential_(generator=gen)
+    assert got.tolist() == (probs / noise).argmax(-1).tolist()
