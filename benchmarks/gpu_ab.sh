@@ -11,7 +11,7 @@
 # SERVE_LEVELS: users for `bench run scenarios/gpu-7b.yaml --only engine-bf16`, default 1,64 (empty: no serving
 #            run); each tree serves from its own folder. ENGINE_ARGS_BASE and ENGINE_ARGS_NEW (default: ENGINE_ARGS)
 #            add engine serve options on each side where its scenario reads ENGINE_ARGS (from 2e3f000 on): with one
-#            tree as both sides, ENGINE_ARGS_NEW=--async-scheduling measures that option alone.
+#            tree as both sides, ENGINE_ARGS_BASE=--no-async-scheduling measures that option alone.
 # OUT_DIR gets base.json, new.json (gpu_bench), serve-base/ and serve-new/ (run folders), and ab.json: new over base
 # for every figure both have.
 set -euo pipefail

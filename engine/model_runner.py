@@ -12,6 +12,7 @@ from engine.attention import AttentionMetadata, get_backend
 from engine.config import EngineConfig, ModelConfig
 from engine.cuda_graphs import MAX_GRAPH_BATCH, DecodeGraphs, host_tensor
 from engine.custom_all_reduce import try_custom_all_reduce
+from engine.kernels.late_compiles import watch_late_compiles
 from engine.parallel import set_custom_all_reduce, tp_size
 from engine.sampler import Sampler, SampledTokens
 from engine.scheduler import ScheduledBatch
@@ -53,6 +54,7 @@ class ModelRunner:
             self.graphs = DecodeGraphs(model, min(config.max_num_seqs, MAX_GRAPH_BATCH),
                                        -(-max_model_len // self.block_size), max_model_len, device)
             self.graphs.capture()
+        self.late_compiles = watch_late_compiles() if device.type == "cuda" else None
 
     def _init_all_reduce(self) -> str:
         if tp_size() == 1:

@@ -616,3 +616,24 @@ def test_gpu_rotary_store_kv_replays_in_a_cuda_graph_without_host_sync(shape):
         graph.replay()
         assert torch.equal(q_out, want_q)
         assert torch.equal(caches[0], want_caches[0]) and torch.equal(caches[1], want_caches[1])
+
+
+def test_a_kernel_compiled_after_start_up_is_logged_with_its_specialization(caplog):
+    from triton import knobs
+
+    from engine.kernels.late_compiles import watch_late_compiles
+
+    saved = knobs.runtime.jit_cache_hook, knobs.runtime.jit_post_compile_hook
+    try:
+        watch = watch_late_compiles()
+        assert watch is not None
+        # Called the way triton.runtime.jit calls its hooks around a compile.
+        hook_args = dict(key=("k",), repr="_decode_split_kernel[num_warps=4](num_splits: i32)", fn=None, compile={},
+                         is_manual_warmup=False, already_compiled=False)
+        with caplog.at_level("WARNING", logger="engine"):
+            assert knobs.runtime.jit_cache_hook(**hook_args) is None  # None: Triton goes on and compiles
+            knobs.runtime.jit_post_compile_hook(**hook_args)
+        assert watch.seen == [hook_args["repr"]]
+        assert "_decode_split_kernel[num_warps=4](num_splits: i32)" in caplog.text and "after start-up" in caplog.text
+    finally:
+        knobs.runtime.jit_cache_hook, knobs.runtime.jit_post_compile_hook = saved
