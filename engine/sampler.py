@@ -93,8 +93,9 @@ class Sampler:
                 rows.extend([i] * len(banned))
                 cols.extend(banned)
         if rows:
+            # A device tensor of -inf, not a Python float: index_put_ would copy that scalar to the GPU synchronously.
             logits[to_device(rows, torch.int64, logits.device), to_device(cols, torch.int64, logits.device)] = \
-                float("-inf")
+                torch.full((len(rows),), float("-inf"), dtype=logits.dtype, device=logits.device)
 
 
 def _top_k_top_p(logits: torch.Tensor, top_ks: list[int], top_ps: list[float]) -> torch.Tensor:
