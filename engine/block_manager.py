@@ -1,12 +1,13 @@
 """Fixed-size KV blocks with reference counts, an LRU free queue and a content-addressed prefix cache.
 
 A full block is named by a SHA-256 chained over its parent's name and its own token ids, so equal names
-mean equal prefixes; the stored token ids are still compared on every hit.
+mean equal prefixes; the stored token ids are still compared on every hit. Token ids are handled as the bytes of
+int64 arrays: one conversion per sequence and lookup, not one per block.
 """
 import hashlib
 from array import array
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from engine.sequence import Sequence
 
@@ -18,11 +19,15 @@ class Block:
     block_id: int
     ref_count: int = 0
     hash: bytes | None = None
-    token_ids: tuple[int, ...] = field(default_factory=tuple)
+    token_bytes: bytes = b""
 
 
-def block_hash(parent: bytes, token_ids: list[int] | tuple[int, ...]) -> bytes:
-    return hashlib.sha256(parent + array("q", token_ids).tobytes()).digest()
+def token_bytes(token_ids: list[int]) -> bytes:
+    return array("q", token_ids).tobytes()
+
+
+def block_hash(parent: bytes, block_token_bytes: bytes) -> bytes:
+    return hashlib.sha256(parent + block_token_bytes).digest()
 
 
 class BlockManager:
@@ -54,13 +59,14 @@ class BlockManager:
         hits: list[int] = []
         parent = ROOT_HASH
         limit = (seq.num_tokens - 1) // self.block_size
+        data, width = token_bytes(seq.token_ids[: limit * self.block_size]), self.block_size * 8
         for i in range(limit):
-            tokens = tuple(seq.token_ids[i * self.block_size : (i + 1) * self.block_size])
+            tokens = data[i * width : (i + 1) * width]
             h = seq.block_hashes[i] if i < len(seq.block_hashes) else block_hash(parent, tokens)
             if i >= len(seq.block_hashes):
                 seq.block_hashes.append(h)
             block_id = self.cached.get(h)
-            if block_id is None or self.blocks[block_id].token_ids != tokens:
+            if block_id is None or self.blocks[block_id].token_bytes != tokens:
                 break
             hits.append(block_id)
             parent = h
@@ -97,17 +103,20 @@ class BlockManager:
         if block.hash is not None:
             if self.cached.get(block.hash) == block_id:
                 del self.cached[block.hash]
-            block.hash, block.token_ids = None, ()
+            block.hash, block.token_bytes = None, b""
         block.ref_count = 1
         return block_id
 
     def full_block_hashes(self, seq: Sequence, num_tokens: int) -> list[bytes]:
         """Names of seq's full blocks among its first num_tokens tokens, computed once and kept on seq."""
         full = min(num_tokens, seq.num_tokens) // self.block_size
-        parent = seq.block_hashes[-1] if seq.block_hashes else ROOT_HASH
-        for i in range(len(seq.block_hashes), full):
-            parent = block_hash(parent, seq.token_ids[i * self.block_size : (i + 1) * self.block_size])
-            seq.block_hashes.append(parent)
+        done = len(seq.block_hashes)
+        if full > done:
+            parent = seq.block_hashes[-1] if seq.block_hashes else ROOT_HASH
+            data, width = token_bytes(seq.token_ids[done * self.block_size : full * self.block_size]), self.block_size * 8
+            for i in range(full - done):
+                parent = block_hash(parent, data[i * width : (i + 1) * width])
+                seq.block_hashes.append(parent)
         return seq.block_hashes[:full]
 
     def cache_full_blocks(self, seq: Sequence, known_tokens: int | None = None) -> None:
@@ -119,11 +128,13 @@ class BlockManager:
         if not self.enable_prefix_caching or full <= seq.num_named_blocks:
             return
         self.full_block_hashes(seq, computed)
-        for i in range(seq.num_named_blocks, full):
+        first = seq.num_named_blocks
+        data, width = token_bytes(seq.token_ids[first * self.block_size : full * self.block_size]), self.block_size * 8
+        for i in range(first, full):
             block = self.blocks[seq.block_table[i]]
             if block.hash is None:
                 h = seq.block_hashes[i]
-                block.hash, block.token_ids = h, tuple(seq.token_ids[i * self.block_size : (i + 1) * self.block_size])
+                block.hash, block.token_bytes = h, data[(i - first) * width : (i - first + 1) * width]
                 self.cached.setdefault(h, block.block_id)
         seq.num_named_blocks = max(seq.num_named_blocks, full)
 

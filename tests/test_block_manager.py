@@ -2,7 +2,7 @@
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from engine.block_manager import BlockManager, block_hash
+from engine.block_manager import BlockManager, block_hash, token_bytes
 from engine.sampling_params import SamplingParams
 from engine.scheduler import Scheduler
 from engine.sequence import RequestMetrics, Sequence, SequenceStatus
@@ -49,7 +49,7 @@ def test_collision_is_checked_not_trusted():
     bm.allocate(a, 3)
     a.num_computed_tokens = 3
     bm.cache_full_blocks(a)
-    forged = block_hash(b"", (7, 8))
+    forged = block_hash(b"", token_bytes([7, 8]))
     bm.cached[forged] = a.block_table[0]
     b = make_seq("b", [7, 8, 9])
     assert bm.find_cached_prefix(b) == []
