@@ -159,9 +159,8 @@ def _print_plan(runner) -> None:
 
     sc = runner.sc
     console.print(f"{sc.name}: {sc.description}".rstrip(": "), highlight=False, markup=False)
-    for b in sc.backends:
-        if runner.only and b.name not in runner.only:
-            continue
+    chosen = [b for b in sc.backends if not runner.only or b.name in runner.only]
+    for b in chosen:
         where = f"launch `{b.launch if isinstance(b.launch, str) else ' '.join(b.launch)}`" if b.launch else f"url {b.url}"
         console.print(f"  backend {b.name} ({b.kind}, model {b.model}): {where}", highlight=False, markup=False)
     for p in runner.plans:
@@ -169,7 +168,7 @@ def _print_plan(runner) -> None:
         console.print(f"  level {p.label}: {p.warmup} warm-up + {stop}", highlight=False, markup=False)
     console.print(f"  workload: {json.dumps(describe(runner.items))}", highlight=False, markup=False)
     first = runner.items[0]
-    for b in sc.backends[:3]:
+    for b in chosen[:3]:
         backend = make_backend(b, b.url or "http://127.0.0.1:1", sc.workload)
         body = backend.body(first)
         body = json.loads(json.dumps(body, default=str))

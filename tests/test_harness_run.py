@@ -182,6 +182,9 @@ def test_url_backend_only_and_dry_run(tmp_path):
         dry = bench("run", str(path), "--dry-run", "--out", str(tmp_path / "dry"))
         assert dry.returncode == 0 and "first request to remote" in dry.stdout and "nothing was sent" in dry.stdout
         assert not (tmp_path / "dry").exists()
+        only = bench("run", str(path), "--dry-run", "--only", "other", "--out", str(tmp_path / "dry"))
+        assert only.returncode == 0 and "first request to other" in only.stdout
+        assert "remote" not in only.stdout, only.stdout
         res = bench("run", str(path), "--only", "remote", "--out", str(tmp_path / "out"), "--no-report")
         assert res.returncode == 0, res.stderr
         d = run_dir(tmp_path / "out")
