@@ -3,8 +3,8 @@
 Runs on one CUDA GPU (about 2 to 3 minutes on an H100). Ceilings measured in the same run: device-to-device copy
 bandwidth (bytes read + written) and a bf16 matrix product. Each row gives the median time (triton do_bench, L2
 flushed before every run), the bytes the kernel must move over that time, and the eager torch / SDPA time where one
-exists (for rope+store_kv: the rotary and store_kv launches it fuses). Prints a short table, writes everything to
---out as JSON.
+exists (for rope+store_kv: the rotary and store_kv launches it fuses; for qk_norm+rope+store_kv: the two q/k RMSNorm
+launches and the rope+store_kv launch it fuses). Prints a short table, writes everything to --out as JSON.
 
     python benchmarks/kernels_gpu.py --out kernels.json [--no-sweep]
 """
@@ -207,10 +207,12 @@ def helper_rows(ceil: dict) -> list[dict]:
     return rows
 
 
-def rotary_store_kv_rows(ceil: dict) -> list[dict]:
-    """The fused rotary + cache store against the two launches it replaces (baseline column); T=1 is batch-1 decode.
+def rotary_store_kv_rows(ceil: dict, qk_norm: bool = False) -> list[dict]:
+    """The fused rotary + cache store against the launches it replaces (baseline column): rotary then store_kv, or
+    with qk_norm (Qwen3's per-head q/k RMSNorm folded in) rms_norm(q), rms_norm(k) then the unnormed fused launch,
+    the path before the fold. T=1 is batch-1 decode.
 
-    The check is exact: q and both caches must equal the two-launch path's bit for bit (rel_err column: 0 equal, 1 not).
+    The check is exact: q and both caches must equal the unfused path's bit for bit (rel_err column: 0 equal, 1 not).
     """
     rows = []
     for shape, (hq, hkv, d, _, _) in SHAPES.items():
@@ -221,21 +223,27 @@ def rotary_store_kv_rows(ceil: dict) -> list[dict]:
             slots = torch.randperm(k_cache.size(0) * 16, device=DEV)[:tokens]
             positions = torch.randint(0, 32768, (tokens,), device=DEV)
             cos_sin = torch.randn(32768, d, device=DEV)
+            norms = {"q_norm_weight": torch.randn(d, device=DEV, dtype=DT),
+                     "k_norm_weight": torch.randn(d, device=DEV, dtype=DT), "eps": 1e-6} if qk_norm else {}
 
-            def two_launches(caches: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+            def unfused(caches: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+                if qk_norm:
+                    q_normed = K.rms_norm(q, norms["q_norm_weight"], norms["eps"])
+                    k_normed = K.rms_norm(k, norms["k_norm_weight"], norms["eps"])
+                    return K.rotary_store_kv(positions, q_normed, k_normed, v, *caches, slots, cos_sin)
                 q_out, k_out = K.rotary(positions, q, k, cos_sin)
                 K.store_kv(k_out, v, *caches, slots)
                 return q_out
 
             want_caches = k_cache.clone(), v_cache.clone()
-            want_q = two_launches(want_caches)
-            got_q = K.rotary_store_kv(positions, q, k, v, k_cache, v_cache, slots, cos_sin)
+            want_q = unfused(want_caches)
+            got_q = K.rotary_store_kv(positions, q, k, v, k_cache, v_cache, slots, cos_sin, **norms)
             identical = torch.equal(got_q, want_q) and torch.equal(k_cache, want_caches[0]) and torch.equal(
                 v_cache, want_caches[1])
-            seconds = timed(lambda: K.rotary_store_kv(positions, q, k, v, k_cache, v_cache, slots, cos_sin))
-            nbytes = 2 * tokens * (hq + 2 * hkv) * d * 2 + tokens * d * 4
-            rows.append(row("rope+store_kv", shape, f"T={tokens}", seconds, nbytes, ceil, 0.0 if identical else 1.0,
-                            timed(lambda: two_launches(want_caches))))
+            seconds = timed(lambda: K.rotary_store_kv(positions, q, k, v, k_cache, v_cache, slots, cos_sin, **norms))
+            nbytes = 2 * tokens * (hq + 2 * hkv) * d * 2 + tokens * d * 4 + (2 * d * 2 if qk_norm else 0)
+            rows.append(row("qk_norm+rope+store_kv" if qk_norm else "rope+store_kv", shape, f"T={tokens}", seconds,
+                            nbytes, ceil, 0.0 if identical else 1.0, timed(lambda: unfused(want_caches))))
     return rows
 
 
@@ -253,7 +261,7 @@ def decode_sweep(ceil: dict) -> list[dict]:
 
 
 def print_table(rows: list[dict]) -> None:
-    print(f"{'kernel':13s} {'shape':12s} {'case':24s} {'us':>9s} {'GB/s':>7s} {'%copy':>6s} {'TF/s':>6s} "
+    print(f"{'kernel':21s} {'shape':12s} {'case':24s} {'us':>9s} {'GB/s':>7s} {'%copy':>6s} {'TF/s':>6s} "
           f"{'base us':>9s} {'rel err':>8s}")
     for r in rows:
         tf = f"{r['TFLOPs']:6.0f}" if "TFLOPs" in r else " " * 6
@@ -261,7 +269,7 @@ def print_table(rows: list[dict]) -> None:
         extra = f" splits={r['splits']}" if "splits" in r else ""
         if r.get("config"):
             extra += " " + ",".join(f"{k}={v}" for k, v in r["config"].items())
-        print(f"{r['kernel']:13s} {r['shape']:12s} {r['case']:24s} {r['us']:9.1f} {r['GBps']:7.0f} "
+        print(f"{r['kernel']:21s} {r['shape']:12s} {r['case']:24s} {r['us']:9.1f} {r['GBps']:7.0f} "
               f"{r['pct_copy']:6.1f} {tf} {base} {r['rel_err']:8.1e}{extra}")
 
 
@@ -286,7 +294,8 @@ def main() -> None:
     ceil = ceilings()
     print(f"{torch.cuda.get_device_name()}: copy {ceil['copy_GBps']:.0f} GB/s, bf16 matmul "
           f"{ceil['matmul_TFLOPs']:.0f} TFLOP/s", flush=True)
-    rows = decode_rows(ceil) + extend_rows(ceil) + helper_rows(ceil) + rotary_store_kv_rows(ceil)
+    rows = (decode_rows(ceil) + extend_rows(ceil) + helper_rows(ceil) + rotary_store_kv_rows(ceil)
+            + rotary_store_kv_rows(ceil, qk_norm=True))
     sweep = []
     if not args.no_sweep:
         sweep = decode_sweep(ceil) + extend_rows(ceil, (

@@ -84,15 +84,19 @@ def cases() -> dict[str, tuple]:
             slots, qv, k, t, t, cache, qv.stride(0), qv.stride(1), k.stride(0), k.stride(1), cache.stride(0)),
             dict(NUM_Q_HEADS=hq, NUM_K_HEADS=hkv, HALF=d // 2, BLOCK_HQ=triton.next_power_of_2(hq),
                  BLOCK_HK=triton.next_power_of_2(hkv), BLOCK_HALF=d // 2, num_warps=4))
-        out[f"rope+store_kv {name}"] = (rotary_kv._rotary_store_kv_kernel, (
-            slots, slots, qv, k, v, t, kc, kc, cache, qv.stride(0), qv.stride(1), k.stride(0), k.stride(1),
-            v.stride(0), v.stride(1), cache.stride(0)),
-            dict(NUM_Q_HEADS=hq, NUM_KV_HEADS=hkv, HALF=d // 2, BLOCK_HQ=triton.next_power_of_2(hq),
-                 BLOCK_HKV=triton.next_power_of_2(hkv), BLOCK_HALF=d // 2, BLOCK_D=d, num_warps=4))
+        w = torch.empty(d, dtype=bf16)
+        for norm_name, has_norm in (("", False), ("qk_norm+", True)):  # qk_norm: Qwen3's per-head q/k RMSNorm
+            out[f"{norm_name}rope+store_kv {name}"] = (rotary_kv._rotary_store_kv_kernel, (
+                slots, slots, qv, k, v, t, kc, kc, cache, w, w, 1e-6, qv.stride(0), qv.stride(1), k.stride(0),
+                k.stride(1), v.stride(0), v.stride(1), cache.stride(0)),
+                dict(HAS_NORM=has_norm, NUM_Q_HEADS=hq, NUM_KV_HEADS=hkv, HALF=d // 2,
+                     BLOCK_HQ=rotary_kv._heads_per_step(hq, has_norm),
+                     BLOCK_HKV=rotary_kv._heads_per_step(hkv, has_norm), BLOCK_HALF=d // 2, BLOCK_D=d,
+                     num_warps=norm.norm_warps(d) if has_norm else 4))
     x = torch.empty(64, 5120, dtype=bf16)
     w = torch.empty(5120, dtype=bf16)
     out["rms_norm+residual 5120"] = (norm._rms_norm_kernel, (x, x, w, x, x, 1e-6, x.stride(0), x.stride(0)),
-                                     dict(N=5120, BLOCK=8192, HAS_RESIDUAL=True, num_warps=16))
+                                     dict(N=5120, BLOCK=8192, HAS_RESIDUAL=True, num_warps=norm.norm_warps(5120)))
     g = torch.empty(64, 2 * 27648, dtype=bf16)
     out["silu_and_mul 27648"] = (activation._silu_and_mul_kernel, (g, x, g.stride(0)),
                                  dict(N=27648, BLOCK=1024, num_warps=4))

@@ -286,6 +286,58 @@ def test_rotary_store_kv_matches_rotary_then_store_kv(poison, dtype, heads, kv_h
     assert empty.shape == (0, heads, head_dim)
 
 
+def _qk_norm_case(dtype: torch.dtype, heads: int, kv_heads: int, head_dim: int, tokens: int = 11):
+    """Strided q/k/v views of one qkv tensor, padding slots, random norm weights: a Qwen3 step's kernel inputs."""
+    gen = torch.Generator().manual_seed(heads * head_dim + kv_heads)
+    layer = RotaryEmbedding(head_dim, 4096, 1e6).to(DEVICE)
+    qkv = _randn(tokens, (heads + 2 * kv_heads) * head_dim, dtype=dtype, gen=gen) * 3
+    q, k, v = (t.view(tokens, -1, head_dim) for t in qkv.split([heads * head_dim, kv_heads * head_dim,
+                                                                kv_heads * head_dim], dim=-1))
+    norms = {"q_norm_weight": _randn(head_dim, dtype=dtype, gen=gen),
+             "k_norm_weight": _randn(head_dim, dtype=dtype, gen=gen), "eps": 1e-6}
+    positions = torch.randint(0, 4096, (tokens,), generator=gen).to(DEVICE)
+    slots = torch.randperm(5 * 16, generator=gen)[:tokens].to(DEVICE)
+    slots[[0, 6, 10]] = -1
+    caches = tuple(_randn(5, 16, kv_heads, head_dim, dtype=dtype, gen=gen) for _ in range(2))
+    return (positions, q, k, v, slots, layer.cos_sin_cache), norms, caches
+
+
+def qk_norm_then_rotary_store_kv(positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                                 caches: tuple[torch.Tensor, torch.Tensor], slots: torch.Tensor,
+                                 cos_sin_cache: torch.Tensor, q_norm_weight: torch.Tensor,
+                                 k_norm_weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """The three launches (q norm, k norm, rotary + store) that one K.rotary_store_kv with norm weights replaces."""
+    q, k = K.rms_norm(q, q_norm_weight, eps), K.rms_norm(k, k_norm_weight, eps)
+    return K.rotary_store_kv(positions, q, k, v, *caches, slots, cos_sin_cache)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("heads,kv_heads,head_dim", [(16, 8, 128), (28, 4, 128), (16, 8, 64), (28, 4, 64),
+                                                     (4, 4, 80)])
+def test_rotary_store_kv_with_qk_norm_matches_rms_norm_then_rotary_store_kv(poison, dtype, heads, kv_heads, head_dim):
+    """Bit for bit: each head reduced in rms_norm's order, rounded where rms_norm and rotary round."""
+    (positions, q, k, v, slots, cos_sin), norms, caches = _qk_norm_case(dtype, heads, kv_heads, head_dim)
+    want_caches = tuple(c.clone() for c in caches)
+    want_q = qk_norm_then_rotary_store_kv(positions, q, k, v, want_caches, slots, cos_sin, **norms)
+    q_out = K.rotary_store_kv(positions, q, k, v, *caches, slots, cos_sin, **norms)
+    assert q_out.shape == q.shape and q_out.dtype == dtype and torch.equal(q_out, want_q)
+    assert torch.equal(caches[0], want_caches[0]) and torch.equal(caches[1], want_caches[1])
+    assert not torch.equal(q_out, K.rotary_store_kv(positions, q, k, v, *want_caches, slots, cos_sin)), "not normed"
+    empty = K.rotary_store_kv(positions[:0], q[:0], k[:0], v[:0], *caches, slots[:0], cos_sin, **norms)
+    assert empty.shape == (0, heads, head_dim)
+
+
+def test_rotary_store_kv_with_norm_weights_of_another_dtype_normalises_as_rms_norm():
+    """fp32 weights promote rms_norm's bf16 output to fp32, so the norms run on their own, as before the fusion."""
+    (positions, q, k, v, slots, cos_sin), norms, caches = _qk_norm_case(torch.bfloat16, 4, 2, 64)
+    norms |= {name: norms[name].float() for name in ("q_norm_weight", "k_norm_weight")}
+    want_caches = tuple(c.clone() for c in caches)
+    want_q = qk_norm_then_rotary_store_kv(positions, q, k, v, want_caches, slots, cos_sin, **norms)
+    q_out = K.rotary_store_kv(positions, q, k, v, *caches, slots, cos_sin, **norms)
+    assert q_out.dtype == torch.float32 and torch.equal(q_out, want_q)
+    assert torch.equal(caches[0], want_caches[0]) and torch.equal(caches[1], want_caches[1])
+
+
 def test_rotary_store_kv_names_the_problem():
     cos_sin = RotaryEmbedding(64, 16, 1e4).cos_sin_cache.to(DEVICE)
     q, k = torch.zeros(3, 8, 64, device=DEVICE), torch.zeros(3, 2, 64, device=DEVICE)
@@ -299,6 +351,15 @@ def test_rotary_store_kv_names_the_problem():
     with pytest.raises(ValueError, match="does not match cache"):
         K.rotary_store_kv(positions, q, k, k, cache[:, :, :1].contiguous(), cache[:, :, :1].contiguous(), slots,
                           cos_sin)
+    weight = torch.ones(64, device=DEVICE)
+    with pytest.raises(ValueError, match="go together"):
+        K.rotary_store_kv(positions, q, k, k, cache, cache, slots, cos_sin, q_norm_weight=weight, eps=1e-6)
+    with pytest.raises(ValueError, match="go together"):
+        K.rotary_store_kv(positions, q, k, k, cache, cache, slots, cos_sin, q_norm_weight=weight,
+                          k_norm_weight=weight)
+    with pytest.raises(ValueError, match="must be \\[64\\]"):
+        K.rotary_store_kv(positions, q, k, k, cache, cache, slots, cos_sin, q_norm_weight=weight,
+                          k_norm_weight=weight[:32], eps=1e-6)
 
 
 def _tiny_model(arch: str, dtype: torch.dtype, num_blocks: int, block_size: int) -> torch.nn.Module:
@@ -311,6 +372,10 @@ def _tiny_model(arch: str, dtype: torch.dtype, num_blocks: int, block_size: int)
                          qk_norm=arch == "Qwen3ForCausalLM")
     model = build_model(config, dtype, DEVICE)
     init_random(model, seed=0)
+    gen = torch.Generator().manual_seed(1)
+    for name, param in model.named_parameters():
+        if name.endswith(("q_norm.weight", "k_norm.weight")):  # init_random leaves norm weights at 1
+            param.data = 1 + _randn(*param.shape, dtype=dtype, gen=gen) / 2
     for layer in model.modules():
         if hasattr(layer, "k_cache"):
             layer.k_cache = torch.zeros(num_blocks, block_size, 2, 32, dtype=dtype, device=DEVICE)
@@ -346,14 +411,16 @@ def _prefill_then_padded_decode(model: torch.nn.Module, backend: object) -> list
 
 @pytest.mark.parametrize("arch", ["LlamaForCausalLM", "Qwen3ForCausalLM"])
 def test_model_uses_the_fused_rotary_store_kv_on_the_triton_backend(monkeypatch, arch):
-    """The CUDA backend takes one launch per layer for rotary + store; the result equals the two-launch path's."""
+    """The CUDA backend takes one launch per layer for (Qwen3's q/k RMSNorm +) rotary + store; the result equals the
+    unfused path's bit for bit."""
     from engine.layers import rotary as rotary_layer
 
     assert ref.get_backend(torch.device("cuda")).name == "triton"
     assert hasattr(ref.get_backend(torch.device("cuda")), "rotary_store_kv")
     assert not hasattr(ref.get_backend(torch.device("cpu")), "rotary_store_kv"), "the CPU reference path is unfused"
+    qwen3 = arch == "Qwen3ForCausalLM"
 
-    class TwoLaunchBackend:  # the Triton backend as it was before the fusion
+    class UnfusedBackend:  # the Triton backend as it was before the fusions
         name = "triton-unfused"
         store_kv = staticmethod(K.store_kv)
         paged_decode = staticmethod(K.paged_decode)
@@ -362,25 +429,46 @@ def test_model_uses_the_fused_rotary_store_kv_on_the_triton_backend(monkeypatch,
     def rotary_as_on_cuda(self, positions, q, k):
         return K.rotary(positions, q, k, self.cos_sin_cache)
 
+    def norm_as_on_cuda(self, x, residual=None):
+        return K.rms_norm(x, self.weight, self.eps, residual)
+
+    monkeypatch.setattr(RMSNorm, "forward", norm_as_on_cuda)
+    norm_module = sys.modules[K.rms_norm.__module__]
+    norm_kernel = norm_module._rms_norm_kernel
+    norm_widths = []
+
+    class CountedNormKernel:
+        def __getitem__(self, grid):
+            def launch(*args, **kwargs):
+                norm_widths.append(kwargs["N"])
+                return norm_kernel[grid](*args, **kwargs)
+            return launch
+
+    monkeypatch.setattr(norm_module, "_rms_norm_kernel", CountedNormKernel())
     with monkeypatch.context() as patch:
         patch.setattr(rotary_layer.RotaryEmbedding, "forward", rotary_as_on_cuda)
-        want = _prefill_then_padded_decode(_tiny_model(arch, torch.bfloat16, 4, 16), TwoLaunchBackend)
+        want = _prefill_then_padded_decode(_tiny_model(arch, torch.bfloat16, 4, 16), UnfusedBackend)
+    assert (32 in norm_widths) == qwen3, "the unfused Qwen3 path launches q/k RMSNorm over heads of 32"
+    hidden_norms = [n for n in norm_widths if n != 32]
 
     fused_calls = []
 
-    def counted_rotary_store_kv(*args):
-        fused_calls.append(args[1].shape)
-        return K.rotary_store_kv(*args)
+    def counted_rotary_store_kv(*args, **norms):
+        fused_calls.append((args[1].shape, sorted(norms)))
+        return K.rotary_store_kv(*args, **norms)
 
     def unexpected(*args, **kwargs):
-        raise AssertionError("the fused backend must not run rotary or store_kv separately")
+        raise AssertionError("the fused backend must not run q/k norm, rotary or store_kv separately")
 
     backend = K.TritonAttentionBackend
     monkeypatch.setattr(backend, "rotary_store_kv", staticmethod(counted_rotary_store_kv))
     monkeypatch.setattr(backend, "store_kv", staticmethod(unexpected))
     monkeypatch.setattr(rotary_layer.RotaryEmbedding, "forward", unexpected)
+    norm_widths.clear()
     got = _prefill_then_padded_decode(_tiny_model(arch, torch.bfloat16, 4, 16), backend)
-    assert fused_calls == [(8, 4, 32)] * 2 + [(3, 4, 32)] * 2, "one fused call per layer and step"
+    assert norm_widths == hidden_norms, "no RMSNorm launch over heads: q/k norm runs inside rotary_store_kv"
+    norm_args = ["eps", "k_norm_weight", "q_norm_weight"] if qwen3 else []
+    assert fused_calls == [((8, 4, 32), norm_args)] * 2 + [((3, 4, 32), norm_args)] * 2, "one call per layer and step"
     assert all(torch.equal(a, b) for a, b in zip(got, want))
     assert got[1][2].isfinite().all()
 
@@ -491,7 +579,7 @@ def test_attention_kernels_compile_for_hopper_without_spills(tmp_path):
     subprocess.run([sys.executable, "benchmarks/kernels_sm90.py", "--only", "qwen2.5-7b", "--json", str(report_path)],
                    cwd=root, check=True, capture_output=True)
     report = json.loads(report_path.read_text())
-    assert len(report) == 7
+    assert len(report) == 8
     for name, r in report.items():
         assert r["local"] == 0 and r["stack"] == 0 and not r["ops"].get("LDL"), f"{name} spills to local memory"
         if name.startswith(("decode", "extend")):
@@ -585,9 +673,13 @@ def test_gpu_fused_helpers_and_sampler_full_size():
 @gpu
 @needs_cuda
 @pytest.mark.parametrize("shape", SHAPES)
-def test_gpu_rotary_store_kv_replays_in_a_cuda_graph_without_host_sync(shape):
+@pytest.mark.parametrize("qk_norm", [False, True], ids=["rope", "qk_norm+rope"])
+def test_gpu_rotary_store_kv_replays_in_a_cuda_graph_without_host_sync(shape, qk_norm):
+    """Compiled at full size, the result still equals the unfused launches' bit for bit (Qwen3: q/k rms_norm first)."""
     heads, kv_heads, dim = SHAPES[shape]
     gen = torch.Generator().manual_seed(1)
+    norms = {"q_norm_weight": _randn(dim, dtype=torch.bfloat16, gen=gen),
+             "k_norm_weight": _randn(dim, dtype=torch.bfloat16, gen=gen), "eps": 1e-6} if qk_norm else {}
     layer = RotaryEmbedding(dim, 32768, 1e6).to(DEVICE)
     tokens = 64
     qkv = _randn(tokens, heads + 2 * kv_heads, dim, dtype=torch.bfloat16, gen=gen)
@@ -598,13 +690,13 @@ def test_gpu_rotary_store_kv_replays_in_a_cuda_graph_without_host_sync(shape):
     args = (positions, q, k, v, *caches, slots, layer.cos_sin_cache)
     torch.cuda.set_sync_debug_mode("error")
     try:
-        K.rotary_store_kv(*args)
+        K.rotary_store_kv(*args, **norms)
     finally:
         torch.cuda.set_sync_debug_mode("default")
     torch.cuda.synchronize()
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
-        q_out = K.rotary_store_kv(*args)
+        q_out = K.rotary_store_kv(*args, **norms)
     for padding in (0, 9):
         positions.copy_(torch.randint(0, 32768, (tokens,), generator=gen))
         new_slots = torch.randperm(40 * 16, generator=gen)[:tokens]
@@ -612,7 +704,8 @@ def test_gpu_rotary_store_kv_replays_in_a_cuda_graph_without_host_sync(shape):
         slots.copy_(new_slots)
         qkv.copy_(_randn(*qkv.shape, dtype=torch.bfloat16, gen=gen))
         want_caches = tuple(c.clone() for c in caches)
-        want_q = rotary_then_store_kv(positions, q, k, v, want_caches, slots, layer.cos_sin_cache)
+        unfused = qk_norm_then_rotary_store_kv if qk_norm else rotary_then_store_kv
+        want_q = unfused(positions, q, k, v, want_caches, slots, layer.cos_sin_cache, **norms)
         graph.replay()
         assert torch.equal(q_out, want_q)
         assert torch.equal(caches[0], want_caches[0]) and torch.equal(caches[1], want_caches[1])

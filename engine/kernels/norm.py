@@ -7,6 +7,23 @@ from engine.kernels.common import use_triton
 
 
 @triton.jit
+def rms_inv(x, eps, N: tl.constexpr):
+    """1 / rms of an fp32 row (masked lanes 0); the reduction's order, fixed by the row's shape and the launch's
+    num_warps (norm_warps), decides the result's last bit, so a fused caller reduces a row of the same shape."""
+    return 1.0 / tl.sqrt(tl.sum(x * x, 0) / N + eps)
+
+
+@triton.jit
+def rms_scale(x, inv_rms, w, dtype: tl.constexpr):
+    """Hugging Face order: normalise in fp32, round to the input dtype, then multiply by the weight (fp32 result)."""
+    return (x * inv_rms).to(dtype).to(tl.float32) * w
+
+
+def norm_warps(n: int) -> int:
+    return min(16, max(1, triton.next_power_of_2(n) // 256))
+
+
+@triton.jit
 def _rms_norm_kernel(x_ptr, residual_ptr, weight_ptr, out_ptr, new_residual_ptr, eps, stride_x, stride_r,
                      N: tl.constexpr, BLOCK: tl.constexpr, HAS_RESIDUAL: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
@@ -19,10 +36,10 @@ def _rms_norm_kernel(x_ptr, residual_ptr, weight_ptr, out_ptr, new_residual_ptr,
         summed = (x + r).to(dtype)
         tl.store(new_residual_ptr + row * N + offs, summed, mask=mask)
         x = summed.to(tl.float32)
-    rstd = 1.0 / tl.sqrt(tl.sum(x * x, 0) / N + eps)
-    normed = (x * rstd).to(dtype).to(tl.float32)
+    inv_rms = rms_inv(x, eps, N)
     w = tl.load(weight_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    tl.store(out_ptr + row * N + offs, (normed * w).to(out_ptr.dtype.element_ty), mask=mask)
+    out = rms_scale(x, inv_rms, w, dtype)
+    tl.store(out_ptr + row * N + offs, out.to(out_ptr.dtype.element_ty), mask=mask)
 
 
 def _rms_norm_torch(x: torch.Tensor, weight: torch.Tensor, eps: float,
@@ -55,5 +72,5 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float,
         block = triton.next_power_of_2(n)
         _rms_norm_kernel[(xs.size(0),)](
             xs, rs, weight, out, new_residual, eps, xs.stride(0), rs.stride(0), N=n, BLOCK=block,
-            HAS_RESIDUAL=residual is not None, num_warps=min(16, max(1, block // 256)))
+            HAS_RESIDUAL=residual is not None, num_warps=norm_warps(n))
     return out if residual is None else (out, new_residual)

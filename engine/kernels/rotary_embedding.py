@@ -17,24 +17,41 @@ def load_cos_sin(positions_ptr, cache_ptr, token, stride_cache, HALF: tl.constex
 
 
 @triton.jit
-def rotate_heads(src_ptr, dst_ptr, src_row, dst_row, stride_t, stride_h, cos, sin, NUM_HEADS: tl.constexpr,
-                 HALF: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_HALF: tl.constexpr):
-    """Heads of row src_row (strided) -> row dst_row of a contiguous [rows, NUM_HEADS, 2 * HALF] destination.
-
-    fp32 math rounded to the source dtype, then cast to the destination's (a no-op when they match), so a rotated
-    k written straight into a cache holds what rotary's output copied there by store_kv would.
-    """
+def head_halves(src_ptr, src_row, stride_t, stride_h, NUM_HEADS: tl.constexpr, HALF: tl.constexpr,
+                BLOCK_H: tl.constexpr, BLOCK_HALF: tl.constexpr):
+    """(first halves, second halves, mask) of row src_row's heads (strided), as fp32 [BLOCK_H, BLOCK_HALF] tiles."""
     offs_h = tl.arange(0, BLOCK_H)
     offs_d = tl.arange(0, BLOCK_HALF)
     mask = (offs_h[:, None] < NUM_HEADS) & (offs_d[None, :] < HALF)
     src = src_ptr + src_row * stride_t + offs_h[:, None] * stride_h + offs_d[None, :]
     x1 = tl.load(src, mask=mask, other=0.0).to(tl.float32)
     x2 = tl.load(src + HALF, mask=mask, other=0.0).to(tl.float32)
+    return x1, x2, mask
+
+
+@triton.jit
+def store_rotated(x1, x2, cos, sin, mask, src_dtype: tl.constexpr, dst_ptr, dst_row, NUM_HEADS: tl.constexpr,
+                  HALF: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_HALF: tl.constexpr):
+    """Rotated halves -> row dst_row of a contiguous [rows, NUM_HEADS, 2 * HALF] destination.
+
+    fp32 math rounded to the source dtype, then cast to the destination's (a no-op when they match), so a rotated
+    k written straight into a cache holds what rotary's output copied there by store_kv would.
+    """
+    offs_h = tl.arange(0, BLOCK_H)
+    offs_d = tl.arange(0, BLOCK_HALF)
     dst = dst_ptr + dst_row * (NUM_HEADS * 2 * HALF) + offs_h[:, None] * (2 * HALF) + offs_d[None, :]
-    src_dtype = src_ptr.dtype.element_ty
     dst_dtype = dst_ptr.dtype.element_ty
     tl.store(dst, (x1 * cos - x2 * sin).to(src_dtype).to(dst_dtype), mask=mask)
     tl.store(dst + HALF, (x2 * cos + x1 * sin).to(src_dtype).to(dst_dtype), mask=mask)
+
+
+@triton.jit
+def rotate_heads(src_ptr, dst_ptr, src_row, dst_row, stride_t, stride_h, cos, sin, NUM_HEADS: tl.constexpr,
+                 HALF: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_HALF: tl.constexpr):
+    """Heads of row src_row (strided) -> row dst_row of a contiguous [rows, NUM_HEADS, 2 * HALF] destination."""
+    x1, x2, mask = head_halves(src_ptr, src_row, stride_t, stride_h, NUM_HEADS, HALF, BLOCK_H, BLOCK_HALF)
+    store_rotated(x1, x2, cos, sin, mask, src_ptr.dtype.element_ty, dst_ptr, dst_row, NUM_HEADS, HALF, BLOCK_H,
+                  BLOCK_HALF)
 
 
 @triton.jit

@@ -37,19 +37,23 @@ class Attention(nn.Module):
         q = q.view(-1, self.num_heads, self.head_dim)
         k = k.view(-1, self.num_kv_heads, self.head_dim)
         v = v.view(-1, self.num_kv_heads, self.head_dim)
-        if self.q_norm is not None:
-            q, k = self.q_norm(q), self.k_norm(k)
         q = self._rotate_and_store_kv(positions, q, k, v, meta.slot_mapping)
         out = attend_to_cache(self.backend, q, self.k_cache, self.v_cache, meta, self.scale)
         return self.o_proj(out.flatten(1))
 
     def _rotate_and_store_kv(self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                              slot_mapping: torch.Tensor) -> torch.Tensor:
-        """Rotates q and k, writes k and v into this layer's cache, returns the rotated q: in one launch where the
-        backend fuses the two (Triton, CUDA), else rotary then store_kv (the torch reference on the CPU)."""
+        """Normalises q and k per head (Qwen3), rotates them, writes k and v into this layer's cache, returns the
+        rotated q: in one launch where the backend fuses them (Triton, CUDA), else q/k norm, rotary then store_kv
+        (the torch reference on the CPU)."""
         fused = getattr(self.backend, "rotary_store_kv", None)
         if fused is not None:
-            return fused(positions, q, k, v, self.k_cache, self.v_cache, slot_mapping, self.rotary_emb.cos_sin_cache)
+            norms = {} if self.q_norm is None else dict(q_norm_weight=self.q_norm.weight,
+                                                        k_norm_weight=self.k_norm.weight, eps=self.q_norm.eps)
+            return fused(positions, q, k, v, self.k_cache, self.v_cache, slot_mapping, self.rotary_emb.cos_sin_cache,
+                         **norms)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
         q, k = self.rotary_emb(positions, q, k)
         self.backend.store_kv(k, v, self.k_cache, self.v_cache, slot_mapping)
         return q
