@@ -113,7 +113,8 @@ class BlockManager:
         done = len(seq.block_hashes)
         if full > done:
             parent = seq.block_hashes[-1] if seq.block_hashes else ROOT_HASH
-            data, width = token_bytes(seq.token_ids[done * self.block_size : full * self.block_size]), self.block_size * 8
+            width = self.block_size * 8
+            data = token_bytes(seq.token_ids[done * self.block_size : full * self.block_size])
             for i in range(full - done):
                 parent = block_hash(parent, data[i * width : (i + 1) * width])
                 seq.block_hashes.append(parent)
