@@ -121,3 +121,17 @@ def test_random_add_step_abort_keeps_invariants(ops, block_size, caching, budget
     assert all(s.status is SequenceStatus.FINISHED for s in seqs)
     assert all(b.ref_count == 0 for b in bm.blocks)
     assert bm.num_free_blocks == num_blocks
+
+
+def test_prefix_lookup_benchmark_shares_the_prefix_and_prints_json():
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "benchmarks/prefix_lookup.py", "--requests", "3", "--shared", "70",
+                          "--own", "5", "--repeat", "2"], cwd=root, capture_output=True, text=True, check=True,
+                         env={"PYTHONPATH": str(root), "PATH": ""})
+    row = json.loads(out.stdout)
+    assert row["requests"] == 3 and len(row["schedule_ms_all"]) == 2 and row["schedule_ms_median"] > 0

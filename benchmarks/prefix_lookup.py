@@ -1,0 +1,58 @@
+"""Host time of one scheduling step that admits N requests behind a cached shared prefix: the prefix lookups
+(block names and byte comparisons), allocation and bookkeeping the engine thread does before the GPU can start.
+Prints JSON. No model and no GPU: the scheduler and block manager alone.
+
+    python benchmarks/prefix_lookup.py [--requests 63] [--shared 2000] [--own 32] [--repeat 5]
+"""
+import argparse
+import json
+import platform
+import random
+import statistics
+import time
+
+from engine.block_manager import BlockManager
+from engine.sampling_params import SamplingParams
+from engine.scheduler import Scheduler
+from engine.sequence import RequestMetrics, Sequence
+
+
+def one_burst(requests: int, shared: int, own: int, rng: random.Random) -> float:
+    bm = BlockManager(num_blocks=(requests + 1) * (shared + own) // 16 + 64, block_size=16)
+    scheduler = Scheduler(bm, max_num_seqs=requests + 1, max_num_batched_tokens=1 << 20)
+    system = [rng.randrange(3, 150_000) for _ in range(shared)]
+
+    def request(i: int) -> Sequence:
+        return Sequence(f"r{i}", system + [rng.randrange(3, 150_000) for _ in range(own)],
+                        SamplingParams(max_tokens=16), RequestMetrics(0.0))
+
+    first = request(0)
+    scheduler.add(first)
+    first.num_computed_tokens += scheduler.schedule().num_new_tokens[0]
+    bm.cache_full_blocks(first)
+    for i in range(1, requests + 1):
+        scheduler.add(request(i))
+    started = time.perf_counter()
+    batch = scheduler.schedule()
+    seconds = time.perf_counter() - started
+    assert sum(batch.num_new_tokens) == requests * (own + shared % 16), "the prefix was not shared"
+    return seconds
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--requests", type=int, default=63)
+    ap.add_argument("--shared", type=int, default=2000)
+    ap.add_argument("--own", type=int, default=32)
+    ap.add_argument("--repeat", type=int, default=5)
+    args = ap.parse_args()
+    rng = random.Random(0)
+    times = [one_burst(args.requests, args.shared, args.own, rng) for _ in range(args.repeat)]
+    print(json.dumps({"requests": args.requests, "shared_tokens": args.shared, "own_tokens": args.own,
+                      "schedule_ms_median": round(statistics.median(times) * 1e3, 3),
+                      "schedule_ms_all": [round(t * 1e3, 3) for t in times], "cpu": platform.processor() or
+                      platform.machine(), "python": platform.python_version()}))
+
+
+if __name__ == "__main__":
+    main()
