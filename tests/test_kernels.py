@@ -730,3 +730,51 @@ def test_a_kernel_compiled_after_start_up_is_logged_with_its_specialization(capl
         assert "_decode_split_kernel[num_warps=4](num_splits: i32)" in caplog.text and "after start-up" in caplog.text
     finally:
         knobs.runtime.jit_cache_hook, knobs.runtime.jit_post_compile_hook = saved
+
+
+def _specialization(fn, *args, **kwargs) -> str:
+    """The key triton's JIT binder gives these arguments for sm_90: equal keys share one compiled variant."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import make_backend
+    from triton.runtime.jit import create_function_from_signature
+
+    if not isinstance(fn, triton.runtime.JITFunction):  # the interpreter's wrapper keeps the decorator's arguments
+        fn = triton.runtime.JITFunction(fn.fn, **fn.kwargs)
+    binder = create_function_from_signature(fn.signature, fn.params, make_backend(GPUTarget("cuda", 90, 32)))
+    return str(binder(*args, **kwargs)[1])
+
+
+def test_attention_kernels_compile_once_whatever_a_steps_make_up():
+    """Block-table width, split count and the offsets of a mixed step's halves vary from step to step; a variant
+    specialized on them compiles mid-serving (a 1.29 s stall was seen on an H200). One key for all of them."""
+    from engine.kernels import decode_attention as dec, extend_attention as ext
+
+    q = torch.empty(64, 28, 128, dtype=torch.bfloat16)
+    cache = torch.empty(100, 16, 4, 128, dtype=torch.bfloat16)
+
+    def decode_keys(decodes: int, width: int, splits: int) -> tuple[str, str]:
+        tables = torch.zeros(decodes + 3, width, dtype=torch.int32)[:decodes]
+        lens = torch.zeros(decodes + 3, dtype=torch.int32)[:decodes]
+        parts, lse = torch.empty(decodes, 28, splits, 128), torch.empty(decodes, 28, splits)
+        split = _specialization(
+            dec._decode_split_kernel, q, cache, cache, tables, lens, q, parts, lse, 0.1, q.stride(0), q.stride(1),
+            q.stride(0), q.stride(1), tables.stride(0), splits, NUM_HEADS=28, NUM_KV_HEADS=4, HEAD_DIM=128,
+            BLOCK_SIZE=16, BLOCK_G=16, BLOCK_D=128, BLOCK_N=64, DIRECT=False, UPCAST=False, PRECISION="ieee",
+            num_warps=4, num_stages=2)
+        merge = _specialization(dec._decode_merge_kernel, parts, lse, q, q.stride(0), q.stride(1), splits,
+                                NUM_HEADS=28, HEAD_DIM=128, BLOCK_D=128, BLOCK_S=dec.MAX_SPLITS, num_warps=2)
+        return split, merge
+
+    def extend_key(decodes: int, width: int) -> str:
+        tables = torch.zeros(decodes + 5, width, dtype=torch.int32)[decodes:]
+        starts = torch.zeros(decodes + 6, dtype=torch.int32)[decodes:]
+        lens = torch.zeros(decodes + 5, dtype=torch.int32)[decodes:]
+        return _specialization(
+            ext._extend_kernel, q, cache, cache, q, tables, starts, lens, 0.1, q.stride(0), q.stride(1), q.stride(0),
+            q.stride(1), tables.stride(0), NUM_HEADS=28, NUM_KV_HEADS=4, HEAD_DIM=128, BLOCK_SIZE=16, BLOCK_D=128,
+            BLOCK_M=128, BLOCK_N=64, UPCAST=False, PRECISION="ieee", num_warps=8, num_stages=3)
+
+    steps = [(1, 1, 2), (1, 16, 4), (1, 17, 5), (3, 64, 16), (2, 66, 17), (16, 80, 32)]
+    assert len({decode_keys(*s) for s in steps}) == 1
+    assert len({extend_key(d, w) for d, w in [s[:2] for s in steps] + [(0, 1), (4, 64), (0, 17)]}) == 1

@@ -14,9 +14,13 @@ import triton.language as tl
 from engine.kernels.common import check_cache, check_out, dot_flags, num_sms, online_softmax_step
 
 LOG2E = 1.4426950408889634
+MAX_SPLITS = 32
 
 
-@triton.jit
+# Ints and int pointers that vary with a step's make-up are not specialized on (value 1, multiple of 16, 16-byte
+# alignment): each new combination would compile a variant in the middle of serving, a second or more per variant.
+@triton.jit(do_not_specialize=["stride_bt", "num_splits"],
+            do_not_specialize_on_alignment=["block_tables_ptr", "seq_lens_ptr"])
 def _decode_split_kernel(q_ptr, k_cache_ptr, v_cache_ptr, block_tables_ptr, seq_lens_ptr, out_ptr, part_out_ptr,
                          part_lse_ptr, qk_scale, stride_qb, stride_qh, stride_ob, stride_oh, stride_bt, num_splits,
                          NUM_HEADS: tl.constexpr, NUM_KV_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr,
@@ -79,7 +83,7 @@ def _decode_split_kernel(q_ptr, k_cache_ptr, v_cache_ptr, block_tables_ptr, seq_
                  mask=g_mask)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["num_splits"])
 def _decode_merge_kernel(part_out_ptr, part_lse_ptr, out_ptr, stride_ob, stride_oh, num_splits,
                          NUM_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
                          BLOCK_S: tl.constexpr):
@@ -108,7 +112,7 @@ def choose_num_splits(batch: int, num_kv_heads: int, max_tokens: int, device: to
     # Enough programs for several per SM, so ragged lengths even out as the SMs pull the next program; never more
     # splits than key tiles in the longest sequence the block table can hold.
     wanted = math.ceil(8 * num_sms(device) / max(1, batch * num_kv_heads))
-    return max(1, min(wanted, math.ceil(max_tokens / block_n), 32))
+    return max(1, min(wanted, math.ceil(max_tokens / block_n), MAX_SPLITS))
 
 
 def paged_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, block_tables: torch.Tensor,
@@ -126,6 +130,8 @@ def paged_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, 
     block_n = cfg.pop("BLOCK_N")
     splits = num_splits or choose_num_splits(batch, num_kv_heads, block_tables.size(1) * block_size, q.device,
                                              block_n)
+    if not 1 <= splits <= MAX_SPLITS:
+        raise ValueError(f"num_splits must be in [1, {MAX_SPLITS}], got {splits}")
     if splits > 1:
         part_out = torch.empty(batch, num_heads, splits, head_dim, dtype=torch.float32, device=q.device)
         part_lse = torch.empty(batch, num_heads, splits, dtype=torch.float32, device=q.device)
@@ -142,5 +148,5 @@ def paged_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, 
     if splits > 1:
         _decode_merge_kernel[(batch, num_heads)](
             part_out, part_lse, out, out.stride(0), out.stride(1), splits, NUM_HEADS=num_heads, HEAD_DIM=head_dim,
-            BLOCK_D=block_d, BLOCK_S=triton.next_power_of_2(splits), num_warps=2)
+            BLOCK_D=block_d, BLOCK_S=MAX_SPLITS, num_warps=2)
     return out

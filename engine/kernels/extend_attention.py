@@ -50,7 +50,10 @@ def _attend_tile(acc, m_i, l_i, q, k_cache_ptr, v_cache_ptr, table, q_pos, kv_he
     return acc, m_i, l_i
 
 
-@triton.jit
+# As in decode_attention: no specialization on what varies with a step's make-up (the block-table width, and the
+# offsets of a mixed step's extend half of the metadata), so serving never waits for a new variant to compile.
+@triton.jit(do_not_specialize=["stride_bt"],
+            do_not_specialize_on_alignment=["block_tables_ptr", "query_start_loc_ptr", "seq_lens_ptr"])
 def _extend_kernel(q_ptr, k_cache_ptr, v_cache_ptr, out_ptr, block_tables_ptr, query_start_loc_ptr, seq_lens_ptr,
                    qk_scale, stride_qt, stride_qh, stride_ot, stride_oh, stride_bt, NUM_HEADS: tl.constexpr,
                    NUM_KV_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_SIZE: tl.constexpr,
