@@ -1,8 +1,10 @@
 """New over base for every figure two runs of benchmarks/gpu_ab.sh both have; prints JSON.
 
     python benchmarks/ab_ratios.py OUT_DIR      # reads OUT_DIR/{base,new}.json and OUT_DIR/serve-{base,new}/*/summary.json
+                                                # (one run folder per round: serving figures are medians)
 """
 import json
+import statistics
 import sys
 from pathlib import Path
 
@@ -33,22 +35,31 @@ def bench_figures(path: Path) -> dict[str, float]:
     return out
 
 
-def serve_figures(folder: Path) -> dict[str, float]:
-    out: dict[str, float] = {}
+def serve_runs(folder: Path) -> dict[str, list[float]]:
+    """Every serving run's figures under folder (one run folder per round), in run order."""
+    out: dict[str, list[float]] = {}
     for summary in sorted(folder.glob("*/summary.json")):
         for row in json.loads(summary.read_text()):
             key = f"serve/{row['backend']}/{row['level']}"
-            out[f"{key}/output_tokens_per_s"] = row["output_throughput"]
-            out[f"{key}/ttft_p50_s"] = row["ttft_s"]["p50"]
-            out[f"{key}/itl_p50_s"] = row["itl_s"]["p50"]
+            out.setdefault(f"{key}/output_tokens_per_s", []).append(row["output_throughput"])
+            out.setdefault(f"{key}/ttft_p50_s", []).append(row["ttft_s"]["p50"])
+            out.setdefault(f"{key}/itl_p50_s", []).append(row["itl_s"]["p50"])
     return out
 
 
-def compare(out_dir: Path) -> dict[str, dict[str, float]]:
-    base = {**bench_figures(out_dir / "base.json"), **serve_figures(out_dir / "serve-base")}
-    new = {**bench_figures(out_dir / "new.json"), **serve_figures(out_dir / "serve-new")}
-    return {k: {"base": base[k], "new": new[k], "new_over_base": round(new[k] / base[k], 3) if base[k] else None}
-            for k in sorted(base.keys() & new.keys())}
+def compare(out_dir: Path) -> dict[str, dict]:
+    """new over base for every figure both sides have; serving figures are the median of the rounds, each round's
+    value listed beside it."""
+    base, new = bench_figures(out_dir / "base.json"), bench_figures(out_dir / "new.json")
+    base_runs, new_runs = serve_runs(out_dir / "serve-base"), serve_runs(out_dir / "serve-new")
+    base.update({k: statistics.median(v) for k, v in base_runs.items()})
+    new.update({k: statistics.median(v) for k, v in new_runs.items()})
+    out: dict[str, dict] = {}
+    for k in sorted(base.keys() & new.keys()):
+        out[k] = {"base": base[k], "new": new[k], "new_over_base": round(new[k] / base[k], 3) if base[k] else None}
+        if len(base_runs.get(k, [])) > 1 or len(new_runs.get(k, [])) > 1:
+            out[k] |= {"base_runs": base_runs[k], "new_runs": new_runs[k]}
+    return out
 
 
 if __name__ == "__main__":

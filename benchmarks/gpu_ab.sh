@@ -9,11 +9,12 @@
 # TESTS:     gpu_bench.py tests, default decode,profile,throughput,prefix,prefill; each runs with this tree's
 #            benchmarks/gpu_bench.py against the base engine and then this tree's engine (PYTHONPATH picks it).
 # SERVE_LEVELS: users for `bench run scenarios/gpu-7b.yaml --only engine-bf16`, default 1,64 (empty: no serving
-#            run); each tree serves from its own folder. ENGINE_ARGS_BASE and ENGINE_ARGS_NEW (default: ENGINE_ARGS)
-#            add engine serve options on each side where its scenario reads ENGINE_ARGS (from 2e3f000 on): with one
-#            tree as both sides, ENGINE_ARGS_BASE=--no-async-scheduling measures that option alone.
-# OUT_DIR gets base.json, new.json (gpu_bench), serve-base/ and serve-new/ (run folders), and ab.json: new over base
-# for every figure both have.
+#            run); each tree serves from its own folder, AB_ROUNDS times (default 2), the trees alternated.
+#            ENGINE_ARGS_BASE and ENGINE_ARGS_NEW (default: ENGINE_ARGS) add engine serve options on each side where
+#            its scenario reads ENGINE_ARGS (from 2e3f000 on): with one tree as both sides,
+#            ENGINE_ARGS_BASE=--no-async-scheduling measures that option alone.
+# OUT_DIR gets base.json, new.json (gpu_bench), serve-base/ and serve-new/ (a run folder per round), and ab.json:
+# new over base for every figure both have, serving figures as each side's median with every round listed.
 set -euo pipefail
 base=$(cd "${1:?usage: $0 BASE_TREE OUT_DIR [TESTS] [SERVE_LEVELS]}" && pwd)
 out=${2:?usage: $0 BASE_TREE OUT_DIR [TESTS] [SERVE_LEVELS]}
@@ -37,13 +38,17 @@ for side in base new; do
 done
 if [ -n "$levels" ]; then
   n=$(tr ',' '\n' <<<"$levels" | awk '{printf "%s%d", NR > 1 ? "," : "", ($1 < 4 ? 4 : $1)}')
-  for side in base new; do
-    tree=$([ $side = base ] && echo "$base" || echo "$here")
-    echo "[gpu_ab] serving at $levels users from the $side tree" >&2
-    args=$([ $side = base ] && echo "${ENGINE_ARGS_BASE-${ENGINE_ARGS:-}}" || echo "${ENGINE_ARGS_NEW-${ENGINE_ARGS:-}}")
-    (cd "$tree" && ENGINE_ARGS=$args VOCAB_GGUF=$vocab "$python" -m harness.cli run scenarios/gpu-7b.yaml --only engine-bf16 \
-      --set "load.concurrency=[$levels]" --set "load.requests=[$n]" --no-report --out "$out/serve-$side" \
-      >"$out/serve-$side.log" 2>&1) || { tail -n 30 "$out/serve-$side.log" >&2; exit 1; }
+  # Rounds alternate the trees (base, new, base, new, ...): a drift of the card or host over the call then falls on
+  # both sides; ab_ratios.py takes each side's median.
+  for round in $(seq "${AB_ROUNDS:-2}"); do
+    for side in base new; do
+      tree=$([ $side = base ] && echo "$base" || echo "$here")
+      echo "[gpu_ab] round $round: serving at $levels users from the $side tree" >&2
+      args=$([ $side = base ] && echo "${ENGINE_ARGS_BASE-${ENGINE_ARGS:-}}" || echo "${ENGINE_ARGS_NEW-${ENGINE_ARGS:-}}")
+      (cd "$tree" && ENGINE_ARGS=$args VOCAB_GGUF=$vocab "$python" -m harness.cli run scenarios/gpu-7b.yaml \
+        --only engine-bf16 --set "load.concurrency=[$levels]" --set "load.requests=[$n]" --no-report \
+        --out "$out/serve-$side" >"$out/serve-$side-$round.log" 2>&1) || { tail -n 30 "$out/serve-$side-$round.log" >&2; exit 1; }
+    done
   done
 fi
 "$python" "$here/benchmarks/ab_ratios.py" "$out" | tee "$out/ab.json"

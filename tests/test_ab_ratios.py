@@ -35,3 +35,16 @@ def test_ratios_are_new_over_base_for_shared_figures(tmp_path: Path) -> None:
     assert got["prefix/qwen3-0.6b/ttft_p50_ratio"]["new_over_base"] == 2.0
     assert got["serve/engine-bf16/c=64/output_tokens_per_s"]["new_over_base"] == 1.5
     assert not any(k.startswith("offline/") for k in got)
+
+
+def test_serving_rounds_compare_by_median_and_list_every_round(tmp_path: Path) -> None:
+    for side, values in (("serve-base", (4780.0, 4864.0, 4700.0)), ("serve-new", (4947.0, 5006.0, 3670.0))):
+        for i, tps in enumerate(values):
+            folder = tmp_path / side / f"20261202-00000{i}-gpu-7b"
+            folder.mkdir(parents=True)
+            row = {"backend": "engine-bf16", "level": "c=64", "output_throughput": tps, "ttft_s": {"p50": 1.1},
+                   "itl_s": {"p50": 0.0059}}
+            (folder / "summary.json").write_text(json.dumps([row]))
+    got = compare(tmp_path)["serve/engine-bf16/c=64/output_tokens_per_s"]
+    assert got["base"] == 4780.0 and got["new"] == 4947.0 and got["new_over_base"] == round(4947 / 4780, 3)
+    assert got["base_runs"] == [4780.0, 4864.0, 4700.0] and got["new_runs"] == [4947.0, 5006.0, 3670.0]
