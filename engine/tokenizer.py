@@ -26,7 +26,7 @@ class TextTokenizer:
 
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
         # The batch entry points let go of the GIL while they work (encode() holds it): the server's engine thread
-        # keeps stepping while the event loop tokenizes a burst of prompts. The fast one skips character offsets.
+        # and event loop keep going while a burst of prompts is tokenized. The fast one skips character offsets.
         ids = self._encode_batch([text], add_special_tokens=False)[0].ids
         if add_special_tokens and self.add_bos and self.bos_token_id is not None and ids[:1] != [self.bos_token_id]:
             ids = [self.bos_token_id] + ids

@@ -48,7 +48,7 @@ class OpenAIServing:
         return await asyncio.get_running_loop().run_in_executor(self.tokenize_pool, core.tokenize, prompt)
 
     async def admit(self, req: SamplingFields, prompt: str | list[int], prefix: str, prompt_field: str,
-                max_tokens_field: str, max_tokens: int | None) -> Admitted:
+                    max_tokens_field: str, max_tokens: int | None) -> Admitted:
         """Validates, refuses when too many wait, and queues the request: failures are a 4xx/503, never mid-stream."""
         model = self.resolve_model(req.model)
         core = self.engine.engine
