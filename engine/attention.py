@@ -92,12 +92,6 @@ def get_backend(device: torch.device) -> object:
     return TorchAttentionBackend
 
 
-def paged_attention(backend: object, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor,
-                    v_cache: torch.Tensor, meta: AttentionMetadata, scale: float) -> torch.Tensor:
-    backend.store_kv(k, v, k_cache, v_cache, meta.slot_mapping)
-    return attend_to_cache(backend, q, k_cache, v_cache, meta, scale)
-
-
 def attend_to_cache(backend: object, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                     meta: AttentionMetadata, scale: float) -> torch.Tensor:
     """Attention over K/V already in the caches, this step's tokens included (stored by the caller)."""

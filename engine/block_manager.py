@@ -33,6 +33,7 @@ def block_hash(parent: bytes, block_token_bytes: bytes) -> bytes:
 class BlockManager:
     def __init__(self, num_blocks: int, block_size: int, enable_prefix_caching: bool = True) -> None:
         self.block_size = block_size
+        self.bytes_per_block = block_size * array("q").itemsize
         self.num_blocks = num_blocks
         self.enable_prefix_caching = enable_prefix_caching
         self.blocks = [Block(i) for i in range(num_blocks)]
@@ -59,7 +60,7 @@ class BlockManager:
         hits: list[int] = []
         parent = ROOT_HASH
         limit = (seq.num_tokens - 1) // self.block_size
-        data, width = token_bytes(seq.token_ids[: limit * self.block_size]), self.block_size * 8
+        data, width = self._blocks_bytes(seq, 0, limit), self.bytes_per_block
         for i in range(limit):
             tokens = data[i * width : (i + 1) * width]
             h = seq.block_hashes[i] if i < len(seq.block_hashes) else block_hash(parent, tokens)
@@ -107,14 +108,17 @@ class BlockManager:
         block.ref_count = 1
         return block_id
 
+    def _blocks_bytes(self, seq: Sequence, first: int, end: int) -> bytes:
+        """The token ids of seq's blocks first..end-1, as one byte string (bytes_per_block per block)."""
+        return token_bytes(seq.token_ids[first * self.block_size : end * self.block_size])
+
     def full_block_hashes(self, seq: Sequence, num_tokens: int) -> list[bytes]:
         """Names of seq's full blocks among its first num_tokens tokens, computed once and kept on seq."""
         full = min(num_tokens, seq.num_tokens) // self.block_size
         done = len(seq.block_hashes)
         if full > done:
             parent = seq.block_hashes[-1] if seq.block_hashes else ROOT_HASH
-            width = self.block_size * 8
-            data = token_bytes(seq.token_ids[done * self.block_size : full * self.block_size])
+            data, width = self._blocks_bytes(seq, done, full), self.bytes_per_block
             for i in range(full - done):
                 parent = block_hash(parent, data[i * width : (i + 1) * width])
                 seq.block_hashes.append(parent)
@@ -130,7 +134,7 @@ class BlockManager:
             return
         self.full_block_hashes(seq, computed)
         first = seq.num_named_blocks
-        data, width = token_bytes(seq.token_ids[first * self.block_size : full * self.block_size]), self.block_size * 8
+        data, width = self._blocks_bytes(seq, first, full), self.bytes_per_block
         for i in range(first, full):
             block = self.blocks[seq.block_table[i]]
             if block.hash is None:

@@ -1,8 +1,8 @@
 """Decode steps, LM head included, replayed from CUDA graphs captured at a ladder of batch sizes; prefill stays eager."""
-import numpy as np
 import torch
 
 from engine.attention import AttentionMetadata
+from engine.host_copy import host_tensor
 
 MAX_GRAPH_BATCH = 256
 
@@ -65,11 +65,3 @@ class DecodeGraphs:
         graph.replay()
         return out[:n]
 
-
-NUMPY_DTYPES = {torch.int32: np.int32, torch.int64: np.int64}
-
-
-def host_tensor(values: list, dtype: torch.dtype) -> torch.Tensor:
-    """A CPU tensor from (nested) lists of ints, through numpy: three times faster than torch.tensor on a batch's
-    block tables, and on the host path that the GPUs wait for between decode steps."""
-    return torch.from_numpy(np.asarray(values, dtype=NUMPY_DTYPES[dtype]))

@@ -10,8 +10,9 @@ import torch.distributed as dist
 from engine import step_inputs
 from engine.attention import AttentionMetadata, get_backend
 from engine.config import EngineConfig, ModelConfig
-from engine.cuda_graphs import MAX_GRAPH_BATCH, DecodeGraphs, host_tensor
+from engine.cuda_graphs import MAX_GRAPH_BATCH, DecodeGraphs
 from engine.custom_all_reduce import try_custom_all_reduce
+from engine.host_copy import to_device
 from engine.kernels.late_compiles import watch_late_compiles
 from engine.parallel import set_custom_all_reduce, tp_size
 from engine.sampler import Sampler, SampledTokens
@@ -183,23 +184,23 @@ class ModelRunner:
     def _eager(self, step: StepInputs) -> torch.Tensor:
         dev = self.device
         meta = AttentionMetadata(
-            slot_mapping=_to(step.slot_mapping, torch.int64, dev),
-            block_tables=_to(step.block_tables, torch.int32, dev),
-            seq_lens=_to(step.seq_lens, torch.int32, dev),
-            query_start_loc=_to(step.query_start_loc, torch.int32, dev),
+            slot_mapping=to_device(step.slot_mapping, torch.int64, dev),
+            block_tables=to_device(step.block_tables, torch.int32, dev),
+            seq_lens=to_device(step.seq_lens, torch.int32, dev),
+            query_start_loc=to_device(step.query_start_loc, torch.int32, dev),
             num_decodes=step.num_decodes,
             num_decode_tokens=step.num_decodes,
             max_query_len=step.max_query_len,
             max_seq_len=max(step.seq_lens),
         )
-        ids = _to(step.input_ids, torch.int64, dev)
+        ids = to_device(step.input_ids, torch.int64, dev)
         self._fill_pending(ids, step)
-        return self.model(ids, _to(step.positions, torch.int64, dev), meta)
+        return self.model(ids, to_device(step.positions, torch.int64, dev), meta)
 
     def _fill_pending(self, ids: torch.Tensor, step: StepInputs) -> None:
         if step.pending_rows:
-            rows = _to(step.pending_rows, torch.int64, self.device)
-            ids.index_copy_(0, rows, self.last_sampled.index_select(0, _to(step.pending_from, torch.int64, self.device)))
+            rows = to_device(step.pending_rows, torch.int64, self.device)
+            ids.index_copy_(0, rows, self.last_sampled.index_select(0, to_device(step.pending_from, torch.int64, self.device)))
 
     @torch.inference_mode()
     def launch(self, batch: ScheduledBatch, eos_token_ids: list[int],
@@ -221,11 +222,6 @@ class ModelRunner:
         if tp_size() > 1 and self.config.async_scheduling:
             dist.broadcast(tokens, src=0)
         self.last_sampled = tokens
-
-
-def _to(values: list, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    t = host_tensor(values, dtype)
-    return t if device.type == "cpu" else t.pin_memory().to(device, non_blocking=True)
 
 
 def available_host_memory() -> int:

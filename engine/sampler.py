@@ -2,6 +2,7 @@ from dataclasses import dataclass
 
 import torch
 
+from engine.host_copy import to_device
 from engine.sequence import Sequence
 
 
@@ -30,13 +31,6 @@ class SampledTokens:
         if self.ready is not None:
             self.ready.synchronize()
         return self.host.tolist()
-
-
-def to_device(values: list, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """A small host list on the device without a host sync: a copy from pageable memory waits for the stream to
-    drain, which under asynchronous scheduling would wait for the step queued ahead."""
-    t = torch.tensor(values, dtype=dtype)
-    return t if device.type == "cpu" else t.pin_memory().to(device, non_blocking=True)
 
 
 class Sampler:

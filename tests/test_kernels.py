@@ -194,7 +194,7 @@ def test_store_kv_skips_padding_slots(poison):
 
 
 def test_paged_attention_mixed_batch_through_backend(poison):
-    """Decodes then extends in one step, split the way engine.attention.paged_attention splits them."""
+    """Decodes then extends in one step, split the way engine.attention.attend_to_cache splits them."""
     gen = torch.Generator().manual_seed(11)
     heads, kv_heads, dim = 8, 2, 64
     old, new = [40, 16, 3, 20], [1, 1, 18, 5]
@@ -211,7 +211,8 @@ def test_paged_attention_mixed_batch_through_backend(poison):
     results = []
     for backend in (ref.TorchAttentionBackend, K.TritonAttentionBackend):
         caches = kv.k_cache.clone(), kv.v_cache.clone()
-        results.append((ref.paged_attention(backend, q, k, v, *caches, meta, dim ** -0.5), caches))
+        backend.store_kv(k, v, *caches, meta.slot_mapping)
+        results.append((ref.attend_to_cache(backend, q, *caches, meta, dim ** -0.5), caches))
     (want, want_caches), (out, caches) = results
     assert all(torch.equal(a.nan_to_num(7.0), b.nan_to_num(7.0)) for a, b in zip(caches, want_caches))
     assert torch.isfinite(out).all() and rel_err(out, want) <= 1e-2
