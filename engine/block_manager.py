@@ -30,6 +30,28 @@ def block_hash(parent: bytes, block_token_bytes: bytes) -> bytes:
     return hashlib.sha256(parent + block_token_bytes).digest()
 
 
+def common_blocks(a: bytes, b: bytes, width: int) -> int:
+    """How many leading width-byte blocks a and b share: a binary search of slice comparisons (memcmp)."""
+    lo, hi = 0, min(len(a), len(b)) // width
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if a[: mid * width] == b[: mid * width]:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
+@dataclass(slots=True)
+class Lookup:
+    """The last prefix lookup: a burst of requests behind one system prompt repeats it, and a request that shares
+    its bytes shares its names and hits without hashing them again."""
+
+    data: bytes
+    hashes: list[bytes]
+    hits: list[int]
+
+
 class BlockManager:
     def __init__(self, num_blocks: int, block_size: int, enable_prefix_caching: bool = True) -> None:
         self.block_size = block_size
@@ -41,6 +63,7 @@ class BlockManager:
         self.cached: dict[bytes, int] = {}
         self.prefix_queries = 0
         self.prefix_hits = 0
+        self.last_lookup: Lookup | None = None
 
     @property
     def num_free_blocks(self) -> int:
@@ -57,11 +80,11 @@ class BlockManager:
         """Blocks already holding this sequence's leading full blocks; at least one token is left to compute."""
         if not self.enable_prefix_caching:
             return []
-        hits: list[int] = []
-        parent = ROOT_HASH
         limit = (seq.num_tokens - 1) // self.block_size
         data, width = self._blocks_bytes(seq, 0, limit), self.bytes_per_block
-        for i in range(limit):
+        hits = self._hits_shared_with_last(seq, data)
+        parent = seq.block_hashes[len(hits) - 1] if hits else ROOT_HASH
+        for i in range(len(hits), limit):
             tokens = data[i * width : (i + 1) * width]
             h = seq.block_hashes[i] if i < len(seq.block_hashes) else block_hash(parent, tokens)
             if i >= len(seq.block_hashes):
@@ -71,6 +94,22 @@ class BlockManager:
                 break
             hits.append(block_id)
             parent = h
+        self.last_lookup = Lookup(data, seq.block_hashes[: len(hits)], hits[:])
+        return hits
+
+    def _hits_shared_with_last(self, seq: Sequence, data: bytes) -> list[int]:
+        """The last lookup's hits over the leading blocks this sequence shares with it, where they still hold: a
+        block keeps its name until it is handed out again, and then loses it (_take_free)."""
+        last = self.last_lookup
+        if last is None:
+            return []
+        n = min(common_blocks(data, last.data, self.bytes_per_block), len(last.hits))
+        hits, hashes = last.hits[:n], last.hashes[:n]
+        blocks = self.blocks
+        if not n or [blocks[b].hash for b in hits] != hashes:
+            return []
+        if len(seq.block_hashes) < n:
+            seq.block_hashes.extend(hashes[len(seq.block_hashes):])
         return hits
 
     def allocate(self, seq: Sequence, num_new_tokens: int, cached_blocks: list[int] = ()) -> bool:
@@ -84,19 +123,17 @@ class BlockManager:
         needed = self.blocks_needed(total) - len(seq.block_table) - len(cached_blocks)
         if needed + evictable > len(self.free):
             return False
+        blocks, free = self.blocks, self.free
         for b in cached_blocks:
-            self._touch(b)
-            seq.block_table.append(b)
+            block = blocks[b]
+            if block.ref_count == 0:
+                del free[b]
+            block.ref_count += 1
+        seq.block_table.extend(cached_blocks)
         seq.num_named_blocks = max(seq.num_named_blocks, len(cached_blocks))
         for _ in range(max(0, needed)):
             seq.block_table.append(self._take_free())
         return True
-
-    def _touch(self, block_id: int) -> None:
-        block = self.blocks[block_id]
-        if block.ref_count == 0:
-            del self.free[block_id]
-        block.ref_count += 1
 
     def _take_free(self) -> int:
         block_id, _ = self.free.popitem(last=False)

@@ -66,6 +66,33 @@ def test_lru_eviction_keeps_recent_prefixes():
     assert len(bm.find_cached_prefix(make_seq("x", [4, 5, 0]))) == 1
 
 
+def test_a_remembered_lookup_is_not_trusted_once_its_blocks_are_handed_out():
+    bm = BlockManager(num_blocks=4, block_size=2)
+    a = make_seq("a", [1, 2, 3, 4, 5])
+    bm.allocate(a, 5); a.num_computed_tokens = 5; bm.cache_full_blocks(a); bm.free_sequence(a)
+    shared = bm.find_cached_prefix(make_seq("b2", [1, 2, 3, 4, 9]))
+    assert len(shared) == 2 and bm.last_lookup.hits == shared
+    other = make_seq("o", [6, 6, 7, 7, 8, 8, 5])  # takes every block, the remembered ones included
+    assert bm.allocate(other, 7); other.num_computed_tokens = 7; bm.cache_full_blocks(other); bm.free_sequence(other)
+    assert bm.find_cached_prefix(make_seq("c", [1, 2, 3, 4, 9])) == []
+
+
+def checked_lookups(bm: BlockManager) -> None:
+    """Every lookup also done from scratch, without the last one's memory: the same hits and names."""
+    lookup = bm.find_cached_prefix
+
+    def find(seq: Sequence) -> list[int]:
+        fresh, remembered = make_seq("ref", list(seq.token_ids)), bm.last_lookup
+        bm.last_lookup = None
+        expected = lookup(fresh)
+        bm.last_lookup = remembered
+        hits = lookup(seq)
+        assert hits == expected and seq.block_hashes[: len(hits)] == fresh.block_hashes[: len(hits)]
+        return hits
+
+    bm.find_cached_prefix = find
+
+
 def run_step(sched: Scheduler, bm: BlockManager) -> bool:
     """What the engine does with a scheduled batch, without a model: compute, name full blocks, emit a token."""
     batch = sched.schedule()
@@ -92,6 +119,7 @@ ops = st.lists(st.one_of(
 def test_random_add_step_abort_keeps_invariants(ops, block_size, caching, budget):
     num_blocks = 64 // block_size + 2
     bm = BlockManager(num_blocks, block_size, caching)
+    checked_lookups(bm)
     sched = Scheduler(bm, max_num_seqs=6, max_num_batched_tokens=budget)
     seqs: list[Sequence] = []
     prefixes = [[7] * 20, list(range(20)), [3, 1, 4, 1, 5, 9, 2, 6] * 3, []]
