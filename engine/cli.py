@@ -42,6 +42,8 @@ def serve(
     seed: Annotated[int, typer.Option(help="seed for random weights and unseeded sampling")] = 0,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error")] = "info",
     access_log: Annotated[bool, typer.Option(help="log one line per HTTP request")] = True,
+    request_log: Annotated[str | None, typer.Option(
+        help="append one JSON line per finished request to this file: the engine's timestamps and token counts")] = None,
 ) -> None:
     """Serve MODEL over an OpenAI-compatible HTTP API (/v1/completions, /v1/chat/completions)."""
     # Before torch is even imported: a port in use must fail in a moment, not after a model has loaded.
@@ -50,6 +52,13 @@ def serve(
     except ValueError as e:
         typer.secho(f"engine serve: {e}", err=True, fg=typer.colors.RED)
         raise typer.Exit(2) from None
+    if request_log is not None:
+        try:
+            open(request_log, "a").close()
+        except OSError as e:
+            sock.close()
+            typer.secho(f"engine serve: --request-log {request_log}: {e.strerror}", err=True, fg=typer.colors.RED)
+            raise typer.Exit(2) from None
     from engine.server.serve import ServeArgs, serve as run
     from engine.tp_workers import WorkerFailed
 
@@ -60,7 +69,7 @@ def serve(
                          tensor_parallel_size=tensor_parallel_size,
                          disable_custom_all_reduce=disable_custom_all_reduce, async_scheduling=async_scheduling)
     args = ServeArgs(model, host, port, api_key, list(served_model_name or []), max_waiting, tokenizer,
-                     log_level.lower(), access_log, engine_kwargs, sock)
+                     log_level.lower(), access_log, engine_kwargs, request_log=request_log, sock=sock)
     try:
         run(args)
     except (ValueError, FileNotFoundError) as e:

@@ -144,7 +144,8 @@ class LLMEngine:
         request_id = request_id or self.new_request_id()
         if request_id in self.seqs:
             raise ValueError(f"request id {request_id!r} is already in use")
-        seq = Sequence(request_id, prompt_ids, params, RequestMetrics(arrival_time or time.time()))
+        now = time.time()
+        seq = Sequence(request_id, prompt_ids, params, RequestMetrics(arrival_time or now, queued_time=now))
         self.pending.append(("add", seq))
         return request_id
 

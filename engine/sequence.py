@@ -15,7 +15,9 @@ class SequenceStatus(Enum):
 
 @dataclass(slots=True)
 class RequestMetrics:
+    # arrival: the server received the request; queued: the engine did (after the chat template and tokenizing).
     arrival_time: float
+    queued_time: float | None = None
     first_scheduled_time: float | None = None
     first_token_time: float | None = None
     finish_time: float | None = None

@@ -29,7 +29,8 @@ def server(tmp_path_factory):
                         "--api-key", KEY,
                         "--served-model-name", "tiny", "--served-model-name", "tiny-alias",
                         "--max-num-seqs", "4", "--max-waiting", "4", "--max-model-len", str(CONTEXT),
-                        "--kv-cache-tokens", "32768", log_dir=tmp) as srv:
+                        "--kv-cache-tokens", "32768", "--request-log", str(tmp / "requests.jsonl"),
+                        log_dir=tmp) as srv:
         yield srv
 
 
@@ -89,10 +90,29 @@ def test_metrics_names(server):
     for name in ("num_requests_running", "num_requests_waiting", "kv_blocks_used", "kv_blocks_total",
                  "kv_cache_usage_perc", "prefix_cache_hit_rate", "num_preemptions_total", "prompt_tokens_total",
                  "generation_tokens_total", "time_to_first_token_seconds_bucket",
-                 "inter_token_latency_seconds_bucket", "engine_info"):
+                 "inter_token_latency_seconds_bucket", "request_queue_time_seconds_bucket",
+                 "request_prefill_time_seconds_bucket", "engine_info"):
         assert f"\npagebench:{name}" in text, name
     assert 'pagebench:engine_info{' in text and 'block_size="16"' in text
     assert server.metrics()["pagebench:kv_blocks_total"] == 2048
+
+
+def test_request_log_lines_up_the_engine_timestamps(server, client):
+    """Each finished request leaves one line whose stamps run in order, from the server's receipt of the request (before
+    its body was parsed) to its last token, and whose counts are the response's."""
+    sent = time.time()
+    resp = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "log me"}],
+                                          max_tokens=5, extra_body={"ignore_eos": True})
+    done = time.time()
+    lines = [json.loads(ln) for ln in (server.log_path.parent / "requests.jsonl").read_text().splitlines()]
+    row = next(r for r in lines if r["request_id"] == resp.id)
+    stamps = [row[k] for k in ("arrival", "queued", "first_scheduled", "first_token", "finished")]
+    assert sent <= stamps[0] and stamps == sorted(stamps) and stamps[-1] <= done, row
+    assert (row["prompt_tokens"], row["output_tokens"], row["finish_reason"]) == \
+        (resp.usage.prompt_tokens, resp.usage.completion_tokens, "length")
+    m = server.metrics()
+    assert m["pagebench:request_queue_time_seconds_count"] >= 1
+    assert m["pagebench:request_prefill_time_seconds_sum"] > 0
 
 
 def test_api_key_guards_v1_only(server):

@@ -134,6 +134,14 @@ def test_a_worker_killed_while_starting_ends_the_engine_in_seconds(tp_script):
     assert time.monotonic() - killed_at[0] < 15
 
 
+def test_a_request_log_that_cannot_be_written_is_refused_before_loading(tmp_path):
+    path = tmp_path / "missing-dir" / "requests.jsonl"
+    done = subprocess.run([sys.executable, "-m", "engine.cli", "serve", "demo", "--port", "0", "--request-log",
+                           str(path)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert f"--request-log {path}: No such file or directory" in done.stderr and "loading" not in done.stdout
+
+
 def test_a_context_beyond_the_model_is_refused_before_loading(tmp_path):
     model = tiny_model_dir(tmp_path / "m")  # max_position_embeddings 2048
     with pytest.raises(ValueError, match=r"max_model_len \(--max-model-len\) 100000000 is beyond this model's "

@@ -20,7 +20,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from engine.llm_engine import LLMEngine
 from engine.server.async_engine import AsyncEngine
 from engine.server.errors import error_response, install_error_handlers
-from engine.server.metrics import ServerMetrics
+from engine.server.metrics import RequestLog, ServerMetrics
 from engine.server.protocol import (ChatCompletionRequest, ChatCompletionResponse, CompletionRequest,
                                     CompletionResponse, ErrorResponse, ModelCard, ModelList)
 from engine.server.serving import OpenAIServing
@@ -65,6 +65,23 @@ def engine_info(core: LLMEngine, served_model_names: list[str]) -> dict[str, Any
     }
 
 
+class StampArrival:
+    """Notes when a request reached the server, before its body is read and parsed: a request's queue time and
+    TTFT count from there, as vLLM's do, so a burst's parsing and templating show in them."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            scope.setdefault("state", {})["arrival"] = time.time()
+        await self.app(scope, receive, send)
+
+
+def arrival_of(request: Request) -> float | None:
+    return getattr(request.state, "arrival", None)
+
+
 class APIKeyMiddleware:
     """Bearer-token check for /v1/*, before any body is read."""
 
@@ -106,13 +123,14 @@ async def unless_disconnected(request: Request, work: Awaitable[Any]) -> Any:
 
 
 def build_app(core: LLMEngine, served_model_names: list[str], *, api_key: str | None = None,
-              max_waiting: int = 1024) -> FastAPI:
+              max_waiting: int = 1024, request_log: str | None = None) -> FastAPI:
     """The app owns the engine's loop from startup to shutdown, and closes the engine (its TP workers) at the end."""
     engine = AsyncEngine(core)
     started = int(time.time())
     info = engine_info(core, served_model_names)
     serving = OpenAIServing(engine, served_model_names, max_waiting)
     metrics = ServerMetrics(engine, {k: str(v) for k, v in info.items()})
+    log = RequestLog(engine, request_log) if request_log else None
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -120,6 +138,8 @@ def build_app(core: LLMEngine, served_model_names: list[str], *, api_key: str | 
         yield
         engine.stop()
         core.close()
+        if log is not None:
+            log.close()
 
     app = FastAPI(title="pagebench engine", version=info["version"], lifespan=lifespan,
                   description="An OpenAI-compatible server over the pagebench paged-attention engine.")
@@ -127,6 +147,7 @@ def build_app(core: LLMEngine, served_model_names: list[str], *, api_key: str | 
     install_error_handlers(app)
     if api_key:
         app.add_middleware(APIKeyMiddleware, api_key=api_key)
+    app.add_middleware(StampArrival)
 
     @app.get("/health")
     async def health() -> JSONResponse:
@@ -152,7 +173,7 @@ def build_app(core: LLMEngine, served_model_names: list[str], *, api_key: str | 
 
     @app.post("/v1/completions", response_model=CompletionResponse, responses={**ERRORS, **STREAMED})
     async def completions(req: CompletionRequest, request: Request) -> Any:
-        admitted = await serving.admit_completion(req)
+        admitted = await serving.admit_completion(req, arrival_of(request))
         if req.stream:
             return StreamingResponse(serving.stream_completion(admitted, req.include_usage),
                                      media_type="text/event-stream", headers=SSE_HEADERS)
@@ -160,7 +181,7 @@ def build_app(core: LLMEngine, served_model_names: list[str], *, api_key: str | 
 
     @app.post("/v1/chat/completions", response_model=ChatCompletionResponse, responses={**ERRORS, **STREAMED})
     async def chat_completions(req: ChatCompletionRequest, request: Request) -> Any:
-        admitted = await serving.admit_chat(req)
+        admitted = await serving.admit_chat(req, arrival_of(request))
         if req.stream:
             return StreamingResponse(serving.stream_chat(admitted, req.include_usage),
                                      media_type="text/event-stream", headers=SSE_HEADERS)

@@ -84,9 +84,10 @@ class AsyncEngine:
             if (queue := self.queues.get(request_id)) is not None:
                 queue.put_nowait(error)
 
-    def add(self, request_id: str, prompt: str | list[int], params: SamplingParams) -> "RequestStream":
+    def add(self, request_id: str, prompt: str | list[int], params: SamplingParams,
+            arrival_time: float | None = None) -> "RequestStream":
         """Queues the request now, raising ValueError as LLMEngine.add_request does; outputs come on the stream."""
-        self.engine.add_request(request_id, prompt, params, arrival_time=time.time())
+        self.engine.add_request(request_id, prompt, params, arrival_time=arrival_time or time.time())
         outbox = Outbox()
         self.queues[request_id] = outbox
         self.wake.set()

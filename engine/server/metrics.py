@@ -1,5 +1,7 @@
 """Prometheus metrics named like vLLM's (`pagebench:` where vLLM says `vllm:`), read from the engine at scrape time."""
+import json
 from collections.abc import Iterator
+from typing import TextIO
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, Metric
@@ -71,6 +73,10 @@ class ServerMetrics:
                              buckets=ITL_BUCKETS, registry=self.registry)
         self.e2e = Histogram(PREFIX + "e2e_request_latency_seconds", "Arrival to last token",
                              buckets=E2E_BUCKETS, registry=self.registry)
+        self.queue = Histogram(PREFIX + "request_queue_time_seconds", "Arrival to first scheduled step",
+                               buckets=TTFT_BUCKETS, registry=self.registry)
+        self.prefill = Histogram(PREFIX + "request_prefill_time_seconds", "First scheduled step to first token",
+                                 buckets=TTFT_BUCKETS, registry=self.registry)
         self.finished = Counter(PREFIX + "request_success", "Finished requests by reason", ["finished_reason"],
                                 registry=self.registry)
         self.last_token: dict[str, float] = {}
@@ -86,11 +92,38 @@ class ServerMetrics:
                     gap = (now - last) / n
                     for _ in range(n):
                         self.itl.observe(gap)
-                elif out.metrics.first_token_time is not None:
-                    self.ttft.observe(out.metrics.first_token_time - out.metrics.arrival_time)
+                elif (m := out.metrics).first_token_time is not None:
+                    self.ttft.observe(m.first_token_time - m.arrival_time)
+                    if m.first_scheduled_time is not None:
+                        self.queue.observe(m.first_scheduled_time - m.arrival_time)
+                        self.prefill.observe(m.first_token_time - m.first_scheduled_time)
                 last_token[out.request_id] = now
             if out.finished:
                 self.last_token.pop(out.request_id, None)
                 self.finished.labels(out.finish_reason or "unknown").inc()
                 if out.metrics.finish_time is not None and out.finish_reason != "abort":
                     self.e2e.observe(out.metrics.finish_time - out.metrics.arrival_time)
+
+
+class RequestLog:
+    """`engine serve --request-log FILE`: one JSON line per finished request with the engine's own timestamps (unix
+    seconds), to line up against a client's: arrival (the server received it), queued (the engine did), first
+    scheduled, first token, finished."""
+
+    def __init__(self, engine: AsyncEngine, path: str) -> None:
+        self.file: TextIO = open(path, "a", buffering=1)
+        engine.on_outputs.append(self.observe)
+
+    def observe(self, outputs: list[RequestOutput], now: float) -> None:
+        for out in outputs:
+            if out.finished:
+                m = out.metrics
+                self.file.write(json.dumps({
+                    "request_id": out.request_id, "arrival": m.arrival_time, "queued": m.queued_time,
+                    "first_scheduled": m.first_scheduled_time, "first_token": m.first_token_time,
+                    "finished": m.finish_time, "prompt_tokens": out.num_prompt_tokens,
+                    "cached_tokens": m.num_cached_tokens, "output_tokens": out.num_output_tokens,
+                    "finish_reason": out.finish_reason, "preemptions": m.num_preemptions}) + "\n")
+
+    def close(self) -> None:
+        self.file.close()

@@ -27,6 +27,7 @@ class ServeArgs:
     log_level: str = "info"
     access_log: bool = True
     engine_kwargs: dict = field(default_factory=dict)
+    request_log: str | None = None
     # Claimed (bound and listening) before anything loads; None: serve() claims host:port itself.
     sock: socket.socket | None = None
 
@@ -81,7 +82,7 @@ def serve(args: ServeArgs) -> None:
     names = args.served_model_names or [args.model]
     if args.host not in ("127.0.0.1", "localhost", "::1") and not args.api_key:
         logger.warning("listening on %s without --api-key: anyone who can reach this port can use the model", args.host)
-    app = build_app(core, names, api_key=args.api_key, max_waiting=args.max_waiting)
+    app = build_app(core, names, api_key=args.api_key, max_waiting=args.max_waiting, request_log=args.request_log)
     config = uvicorn.Config(app, host=args.host, port=port, log_level=args.log_level,
                             access_log=args.access_log, timeout_graceful_shutdown=5, server_header=False,
                             headers=[("server", f"pagebench-engine/{engine_version()}")])

@@ -48,7 +48,7 @@ class OpenAIServing:
         return await asyncio.get_running_loop().run_in_executor(self.tokenize_pool, core.tokenize, prompt)
 
     async def admit(self, req: SamplingFields, prompt: str | list[int], prefix: str, prompt_field: str,
-                    max_tokens_field: str, max_tokens: int | None) -> Admitted:
+                    max_tokens_field: str, max_tokens: int | None, arrival: float | None = None) -> Admitted:
         """Validates, refuses when too many wait, and queues the request: failures are a 4xx/503, never mid-stream."""
         model = self.resolve_model(req.model)
         core = self.engine.engine
@@ -77,7 +77,7 @@ class OpenAIServing:
                            {"Retry-After": "1"})
         request_id = f"{prefix}-{uuid.uuid4().hex}"
         try:
-            return Admitted(request_id, model, self.engine.add(request_id, ids, params))
+            return Admitted(request_id, model, self.engine.add(request_id, ids, params, arrival))
         except ValueError as e:
             raise APIError(400, str(e)) from None
 
@@ -89,10 +89,10 @@ class OpenAIServing:
                            "invalid_request_error", "model_not_found")
         return name
 
-    async def admit_completion(self, req: CompletionRequest) -> Admitted:
-        return await self.admit(req, req.prompt, "cmpl", "prompt", "max_tokens", req.max_tokens)
+    async def admit_completion(self, req: CompletionRequest, arrival: float | None = None) -> Admitted:
+        return await self.admit(req, req.prompt, "cmpl", "prompt", "max_tokens", req.max_tokens, arrival)
 
-    async def admit_chat(self, req: ChatCompletionRequest) -> Admitted:
+    async def admit_chat(self, req: ChatCompletionRequest, arrival: float | None = None) -> Admitted:
         tok = self.engine.engine.tokenizer
         if tok is None:
             raise APIError(400, "this model has no tokenizer, so no chat template; use /v1/completions with "
@@ -103,7 +103,7 @@ class OpenAIServing:
         except (TemplateError, ValueError, TypeError) as e:
             raise APIError(400, f"the chat template rejected these messages: {e}", "messages") from None
         field, max_tokens = req.max_output
-        return await self.admit(req, text, "chatcmpl", "messages", field, max_tokens)
+        return await self.admit(req, text, "chatcmpl", "messages", field, max_tokens, arrival)
 
     async def complete(self, p: Admitted) -> RequestOutput:
         final = None
