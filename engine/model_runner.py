@@ -178,7 +178,9 @@ class ModelRunner:
         if not step.sample_rows:
             return None
         if len(step.sample_rows) != hidden.size(0):
-            hidden = hidden[step.sample_rows]
+            # Not hidden[list]: that copies the rows' indices from pageable memory, which waits for the GPU to
+            # finish everything queued, the previous step included: a prefill step would then launch after it.
+            hidden = hidden.index_select(0, to_device(step.sample_rows, torch.int64, hidden.device))
         return self.model.compute_logits(hidden)
 
     def _eager(self, step: StepInputs) -> torch.Tensor:

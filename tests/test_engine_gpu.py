@@ -86,3 +86,30 @@ def test_async_scheduling_reads_each_step_without_waiting_for_the_next_and_agree
         llm.close()
     assert results[0] == results[1]
     assert [len(t) for t in results[0]][0] == 1
+
+
+def test_launching_any_step_never_waits_for_the_gpu():
+    """Queuing a step (inputs, kernels, sampling) must not wait for the GPU, or asynchronous scheduling launches a
+    prefill step only after the one ahead ends: chunked prefills, mixed steps and graph decodes, each launched under
+    torch's sync debug mode."""
+    rng = random.Random(2)
+    llm = LLM.from_config({"model_type": "qwen3", "architectures": ["Qwen3ForCausalLM"], **SMALL, "head_dim": 128},
+                          dtype="bfloat16", device="cuda", kv_cache_tokens=8192, max_num_batched_tokens=96)
+    runner = llm.engine.runner
+    launch, kinds = runner.launch, set()
+
+    def strict_launch(batch, *args):
+        kinds.add("decode" if batch.num_decodes == len(batch.seqs) else "mixed" if batch.num_decodes else "prefill")
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            return launch(batch, *args)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+
+    llm.generate([[rng.randrange(3, 2048) for _ in range(8)]], SamplingParams(temperature=0.0, max_tokens=4))
+    runner.launch = strict_launch
+    prompts = [[rng.randrange(3, 2048) for _ in range(n)] for n in (200, 7, 60, 130, 33)]
+    params = [SamplingParams(temperature=t, max_tokens=12, min_tokens=6, seed=s)
+              for t, s in ((0.0, None), (0.8, 3), (0.0, None), (1.0, None), (0.7, None))]
+    outs = llm.generate(prompts, params)
+    assert [len(o.token_ids) for o in outs] == [12] * 5 and kinds == {"decode", "mixed", "prefill"}, kinds
