@@ -172,11 +172,24 @@ class HostPhases:
 
     def step(self, e: LLMEngine) -> list:
         self.current = {}
+        before = allocations()
         t = time.perf_counter()
         outputs = e.step()
         self.current["step"] = (time.perf_counter() - t) * 1e3
+        # cudaMalloc and cudaHostAlloc wait for the device to go idle: a step that needs new memory pays for that.
+        after = allocations()
+        self.current.update({k: after[k] - before[k] for k in after if after[k] != before[k]})
         self.steps.append({k: round(v, 3) for k, v in self.current.items()})
         return outputs
+
+
+def allocations() -> dict[str, int]:
+    """Device segments and pinned host blocks the caching allocators have asked the driver for so far."""
+    counts = {"device_segments_new": torch.cuda.memory_stats().get("segment.all.allocated", 0)}
+    host_stats = getattr(torch.cuda, "host_memory_stats", None)
+    if host_stats is not None:
+        counts["host_allocs_new"] = host_stats().get("num_host_alloc", 0)
+    return counts
 
 
 def timed_burst(llm: LLM, prompts: list[list[int]], max_tokens: int = 16, steps_kept: int = 4) -> dict:
