@@ -6,12 +6,16 @@ flushed before every run), the bytes the kernel must move over that time, and th
 exists (for rope+store_kv: the rotary and store_kv launches it fuses; for qk_norm+rope+store_kv: the two q/k RMSNorm
 launches and the rope+store_kv launch it fuses). Prints a short table, writes everything to --out as JSON.
 
-    python benchmarks/kernels_gpu.py --out kernels.json [--no-sweep]
+The gemv section times the small-batch fused projections (engine.kernels.gemv) against today's launches inside
+CUDA graphs, as a decode step runs them (see gemv_rows).
+
+    python benchmarks/kernels_gpu.py --out kernels.json [--no-sweep] [--only gemv ...]
 """
 import argparse
 import datetime
 import json
 import math
+import statistics
 import time
 
 import torch
@@ -21,7 +25,7 @@ from triton.testing import do_bench
 
 from engine import attention as ref
 from engine import kernels as K
-from engine.kernels import decode_attention, extend_attention, norm, rotary_embedding, sampler
+from engine.kernels import decode_attention, extend_attention, gemv, norm, rotary_embedding, sampler
 
 SHAPES = {  # q heads, kv heads, head dim, hidden, intermediate
     "qwen3-0.6b": (16, 8, 128, 1024, 3072),
@@ -31,6 +35,7 @@ SHAPES = {  # q heads, kv heads, head dim, hidden, intermediate
 DECODE_BATCHES, DECODE_CONTEXTS = (1, 8, 64), (1152, 2048)
 EXTEND_NEW, EXTEND_CACHED = 1024, (0, 2000)
 HELPER_TOKENS, VOCAB = (64, 1024), 151936
+GEMV_TOKENS, GEMV_REPLAYS = (1, 2, 4, 8, 16), 30
 DT = torch.bfloat16
 DEV = torch.device("cuda")
 
@@ -247,6 +252,78 @@ def rotary_store_kv_rows(ceil: dict, qk_norm: bool = False) -> list[dict]:
     return rows
 
 
+def graph_seconds(step, calls: int) -> float:
+    """Seconds per call of step(i), i < calls, captured once in a CUDA graph and replayed (median of GEMV_REPLAYS):
+    the gaps between launches count, as in a decode step's graph."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # compiles, cuBLAS workspaces
+        for i in range(calls):
+            step(i)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for i in range(calls):
+            step(i)
+    graph.replay()
+    times = []
+    for _ in range(GEMV_REPLAYS):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        graph.replay()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) * 1e-3 / calls)
+    return statistics.median(times)
+
+
+def gemv_rows(ceil: dict) -> list[dict]:
+    """Each projection of a decoder layer at M = 1..16 tokens: today's launches (rms_norm(+residual) then F.linear for
+    QKV and gate/up, F.linear for o_proj, silu_and_mul then F.linear for down_proj; baseline column) against the fused
+    kernel (us column). Calls cycle through copies of the weight worth twice the L2, so weights stream from HBM as in
+    a real step; GB/s counts weight bytes only. rel_err: max |fused - today's| / max |today's| (and 1 if the fused
+    residual differs from rms_norm's by a bit); policy: whether fused_gemv_enabled picks the fused kernel by default."""
+    l2 = torch.cuda.get_device_properties(DEV).L2_cache_size
+    eps, rows = 1e-6, []
+    for shape, (hq, hkv, d, hidden, inter) in SHAPES.items():
+        projections = {"qkv": ((hq + 2 * hkv) * d, hidden), "o": (hidden, hq * d), "gate_up": (2 * inter, hidden),
+                       "down": (hidden, inter)}
+        for op, (n, k) in projections.items():
+            nbytes = n * k * DT.itemsize
+            copies = max(1, math.ceil(2 * l2 / nbytes))
+            weights = [torch.randn(n, k, device=DEV, dtype=DT) / k**0.5 for _ in range(copies)]
+            bias = torch.randn(n, device=DEV, dtype=DT) if op == "qkv" and shape != "qwen3-0.6b" else None
+            norm_w = 1 + torch.randn(k, device=DEV, dtype=DT) / 4
+            calls = max(8, len(weights))
+            for m in GEMV_TOKENS:
+                x = torch.randn(m, 2 * k if op == "down" else k, device=DEV, dtype=DT)
+                res = torch.randn(m, k, device=DEV, dtype=DT)
+                if op in ("qkv", "gate_up"):
+                    def today(w):
+                        h, new_res = K.rms_norm(x, norm_w, eps, res)
+                        return F.linear(h, w, bias), new_res
+
+                    def fused(w):
+                        return gemv.norm_gemv(x, res, norm_w, eps, w, bias)
+                elif op == "o":
+                    today, fused = (lambda w: (F.linear(x, w), None)), (lambda w: (gemv.gemv(x, w), None))
+                else:
+                    today = lambda w: (F.linear(K.silu_and_mul(x), w), None)  # noqa: E731
+                    fused = lambda w: (gemv.silu_mul_gemv(x, w), None)  # noqa: E731
+                (want, want_res), (got, got_res) = today(weights[0]), fused(weights[0])
+                err = ((got.float() - want.float()).abs().max() / want.float().abs().max()).item()
+                if want_res is not None and not torch.equal(got_res, want_res):
+                    err = 1.0
+                base_s = graph_seconds(lambda i: today(weights[i % len(weights)]), calls)
+                fused_s = graph_seconds(lambda i: fused(weights[i % len(weights)]), calls)
+                rows.append(row(f"gemv {op}", shape, f"M={m} N={n} K={k}", fused_s, nbytes, ceil, err, base_s,
+                                ratio=base_s / fused_s, baseline_GBps=nbytes / base_s / 1e9,
+                                policy=gemv.fused_gemv_enabled(m, n, k, DT),
+                                config=gemv.gemv_config(n, k, DT.itemsize, gemv.num_sms(DEV))))
+            del weights
+    return rows
+
+
 def decode_sweep(ceil: dict) -> list[dict]:
     configs = [{"BLOCK_N": n, "num_warps": w, "num_stages": s} for n in (32, 64, 128) for s in (2, 3, 4)
                for w in ((4, 8) if n == 128 else (4,))]
@@ -267,6 +344,9 @@ def print_table(rows: list[dict]) -> None:
         tf = f"{r['TFLOPs']:6.0f}" if "TFLOPs" in r else " " * 6
         base = f"{r['baseline_us']:9.1f}" if r["baseline_us"] is not None else " " * 9
         extra = f" splits={r['splits']}" if "splits" in r else ""
+        if "ratio" in r:
+            default = "fused" if r["policy"] else "cuBLAS"
+            extra += f" speedup {r['ratio']:.2f}x base {r['baseline_GBps']:.0f} GB/s default={default}"
         if r.get("config"):
             extra += " " + ",".join(f"{k}={v}" for k, v in r["config"].items())
         print(f"{r['kernel']:21s} {r['shape']:12s} {r['case']:24s} {r['us']:9.1f} {r['GBps']:7.0f} "
@@ -282,10 +362,21 @@ def fastest(rows: list[dict]) -> list[dict]:
     return list(best.values())
 
 
+SECTIONS = {
+    "decode": decode_rows,
+    "extend": extend_rows,
+    "helpers": helper_rows,
+    "rope": lambda ceil: rotary_store_kv_rows(ceil) + rotary_store_kv_rows(ceil, qk_norm=True),
+    "gemv": gemv_rows,
+}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", required=True, help="JSON results path")
+    parser.add_argument("--out", default="kernels.json", help="JSON results path (default kernels.json)")
     parser.add_argument("--no-sweep", action="store_true", help="skip the decode/extend config sweeps")
+    parser.add_argument("--only", nargs="+", choices=[*SECTIONS, "sweep"], metavar="SECTION",
+                        help=f"run only these sections ({', '.join(SECTIONS)}, sweep); default all")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("kernels_gpu.py needs a CUDA GPU")
@@ -294,10 +385,9 @@ def main() -> None:
     ceil = ceilings()
     print(f"{torch.cuda.get_device_name()}: copy {ceil['copy_GBps']:.0f} GB/s, bf16 matmul "
           f"{ceil['matmul_TFLOPs']:.0f} TFLOP/s", flush=True)
-    rows = (decode_rows(ceil) + extend_rows(ceil) + helper_rows(ceil) + rotary_store_kv_rows(ceil)
-            + rotary_store_kv_rows(ceil, qk_norm=True))
+    rows = [r for name, section in SECTIONS.items() if not args.only or name in args.only for r in section(ceil)]
     sweep = []
-    if not args.no_sweep:
+    if not args.no_sweep and (not args.only or "sweep" in args.only):
         sweep = decode_sweep(ceil) + extend_rows(ceil, (
             {"BLOCK_M": 64, "BLOCK_N": 64, "num_warps": 4, "num_stages": 3},
             {"BLOCK_M": 128, "BLOCK_N": 128, "num_warps": 8, "num_stages": 2},

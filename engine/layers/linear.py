@@ -1,8 +1,12 @@
+import os
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from engine.parallel import all_reduce, divide, tp_rank, tp_size
+
+FUSED_GEMV_MAX_M = 16  # engine.kernels.gemv.MAX_M, checked here so that CPU steps never import triton
 
 
 class LinearBase(nn.Module):
@@ -24,6 +28,17 @@ class LinearBase(nn.Module):
             size = param.size(self.tp_dim)
             loaded = loaded.narrow(self.tp_dim, self.tp_rank * size, size)
         param.data.copy_(loaded)
+
+    def fused_gemv(self, x: torch.Tensor) -> bool:
+        """Whether projecting x runs in one of engine.kernels.gemv's small-batch kernels (one GPU, at most 16 rows,
+        the size policy there); on CPU tensors only under the Triton interpreter with the kernels forced on (tests)."""
+        if self.tp_size != 1 or x.dim() != 2 or x.size(0) > FUSED_GEMV_MAX_M:
+            return False
+        if not x.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
+            return False
+        from engine.kernels.gemv import fused_gemv_allowed
+
+        return fused_gemv_allowed(x, self.weight)
 
 
 class ReplicatedLinear(LinearBase):
@@ -80,5 +95,9 @@ class RowParallelLinear(LinearBase):
         super().__init__(divide(input_size, tp_size(), "input size"), output_size, bias, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fused_gemv(x):
+            from engine.kernels.gemv import gemv
+
+            return gemv(x, self.weight, self.bias)
         y = F.linear(x, self.weight, self.bias if self.tp_rank == 0 else None)
         return all_reduce(y)

@@ -1,6 +1,8 @@
 import torch
 from torch import nn
 
+from engine.layers.linear import LinearBase
+
 
 class RMSNorm(nn.Module):
     def __init__(self, size: int, eps: float) -> None:
@@ -23,3 +25,16 @@ class RMSNorm(nn.Module):
             return self._norm(x)
         x = x + residual
         return self._norm(x), x
+
+    def project(self, x: torch.Tensor, residual: torch.Tensor | None,
+                linear: LinearBase) -> tuple[torch.Tensor, torch.Tensor]:
+        """(linear(norm(x + residual)), x + residual), or (linear(norm(x)), x) without residual: one launch where
+        linear.fused_gemv allows it (small batch on one GPU), else this norm then linear as two steps."""
+        if linear.fused_gemv(x):
+            from engine.kernels.gemv import norm_gemv
+
+            return norm_gemv(x, residual, self.weight, self.eps, linear.weight, linear.bias)
+        if residual is None:
+            return linear(self(x)), x
+        hidden, residual = self(x, residual)
+        return linear(hidden), residual

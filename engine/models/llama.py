@@ -32,7 +32,10 @@ class Attention(nn.Module):
         self.backend: object = None
 
     def forward(self, positions: torch.Tensor, hidden: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
-        qkv = self.qkv_proj(hidden)
+        return self.attend(positions, self.qkv_proj(hidden), meta)
+
+    def attend(self, positions: torch.Tensor, qkv: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
+        """Everything after the QKV projection, o_proj included (DecoderLayer fuses the norm into qkv_proj)."""
         q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
         q = q.view(-1, self.num_heads, self.head_dim)
         k = k.view(-1, self.num_kv_heads, self.head_dim)
@@ -67,7 +70,15 @@ class MLP(nn.Module):
         self.act_fn = SiluAndMul()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(self.act_fn(self.gate_up_proj(x)))
+        return self.down(self.gate_up_proj(x))
+
+    def down(self, gate_up: torch.Tensor) -> torch.Tensor:
+        """down_proj(silu(gate) * up): one launch at small batch on one GPU (engine.kernels.gemv), else two."""
+        if self.down_proj.bias is None and self.down_proj.fused_gemv(gate_up):
+            from engine.kernels.gemv import silu_mul_gemv
+
+            return silu_mul_gemv(gate_up, self.down_proj.weight)
+        return self.down_proj(self.act_fn(gate_up))
 
 
 class DecoderLayer(nn.Module):
@@ -80,14 +91,11 @@ class DecoderLayer(nn.Module):
 
     def forward(self, positions: torch.Tensor, hidden: torch.Tensor, residual: torch.Tensor | None,
                 meta: AttentionMetadata) -> tuple[torch.Tensor, torch.Tensor]:
-        if residual is None:
-            residual = hidden
-            hidden = self.input_layernorm(hidden)
-        else:
-            hidden, residual = self.input_layernorm(hidden, residual)
-        hidden = self.self_attn(positions, hidden, meta)
-        hidden, residual = self.post_attention_layernorm(hidden, residual)
-        return self.mlp(hidden), residual
+        # Each norm runs inside the projection after it where the small-batch kernels apply (RMSNorm.project).
+        qkv, residual = self.input_layernorm.project(hidden, residual, self.self_attn.qkv_proj)
+        hidden = self.self_attn.attend(positions, qkv, meta)
+        gate_up, residual = self.post_attention_layernorm.project(hidden, residual, self.mlp.gate_up_proj)
+        return self.mlp.down(gate_up), residual
 
 
 class LlamaModel(nn.Module):
