@@ -2,15 +2,18 @@
 import torch
 
 from engine.attention import AttentionMetadata
-from engine.host_copy import host_tensor
+import numpy as np
+
+from engine.host_copy import PinnedStaging
 
 MAX_GRAPH_BATCH = 256
 
 
 class DecodeGraphs:
     def __init__(self, model: torch.nn.Module, max_batch: int, max_blocks: int, max_seq_len: int,
-                 device: torch.device) -> None:
+                 device: torch.device, staging: PinnedStaging) -> None:
         self.model = model
+        self.staging = staging
         self.max_seq_len = max_seq_len
         self.sizes = [b for b in (1, 2, 4, 8, *range(16, max_batch + 1, 16)) if b <= max_batch]
         # ids, positions and slots share one buffer so that a step's inputs cross to the GPU in three copies.
@@ -53,11 +56,17 @@ class DecodeGraphs:
         """Copies a step's inputs into the graph's buffers; returns the token-id buffer for last-moment fills."""
         n = len(ids)
         pad = size - n
-        host = host_tensor([ids + [0] * pad, positions + [0] * pad, slots + [-1] * pad], torch.int64)
-        self.packed[:, :size].copy_(host.pin_memory(), non_blocking=True)
-        self.seq_lens[:size].copy_(host_tensor(seq_lens + [0] * pad, torch.int32).pin_memory(), non_blocking=True)
-        tables = host_tensor(block_tables, torch.int32)
-        self.block_tables[:n, : tables.size(1)].copy_(tables.pin_memory(), non_blocking=True)
+        packed = self.staging.host((3, size), torch.int64)
+        rows = packed.numpy()
+        rows[:, n:] = 0
+        rows[2, n:] = -1
+        rows[0, :n], rows[1, :n], rows[2, :n] = ids, positions, slots
+        self.packed[:, :size].copy_(packed, non_blocking=True)
+        lens = self.staging.host((size,), torch.int32)
+        lens.numpy()[:n], lens.numpy()[n:] = seq_lens, 0
+        self.seq_lens[:size].copy_(lens, non_blocking=True)
+        tables = self.staging.stage(block_tables, torch.int32)
+        self.block_tables[:n, : tables.size(1)].copy_(tables, non_blocking=True)
         return self.input_ids
 
     def replay(self, size: int, n: int) -> torch.Tensor:

@@ -12,7 +12,7 @@ from engine.attention import AttentionMetadata, get_backend
 from engine.config import EngineConfig, ModelConfig
 from engine.cuda_graphs import MAX_GRAPH_BATCH, DecodeGraphs
 from engine.custom_all_reduce import try_custom_all_reduce
-from engine.host_copy import to_device
+from engine.host_copy import PinnedStaging, to_device
 from engine.kernels.late_compiles import watch_late_compiles
 from engine.parallel import set_custom_all_reduce, tp_size
 from engine.sampler import Sampler, SampledTokens
@@ -35,7 +35,8 @@ class ModelRunner:
         self.block_size = config.block_size
         self.max_model_len = max_model_len
         self.backend = get_backend(device)
-        self.sampler = Sampler(device, config.seed)
+        self.staging = PinnedStaging(self._staging_bytes()) if device.type == "cuda" else None
+        self.sampler = Sampler(device, config.seed, self.staging)
         self.attn_layers = [m for m in model.modules() if hasattr(m, "k_cache")]
         kv = self.attn_layers[0]
         self.kv_bytes_per_token = 2 * len(self.attn_layers) * kv.num_kv_heads * kv.head_dim * dtype.itemsize
@@ -53,9 +54,16 @@ class ModelRunner:
             self.warmup()
         if device.type == "cuda" and not config.enforce_eager:
             self.graphs = DecodeGraphs(model, min(config.max_num_seqs, MAX_GRAPH_BATCH),
-                                       -(-max_model_len // self.block_size), max_model_len, device)
+                                       -(-max_model_len // self.block_size), max_model_len, device, self.staging)
             self.graphs.capture()
         self.late_compiles = watch_late_compiles() if device.type == "cuda" else None
+
+    def _staging_bytes(self) -> int:
+        """A step's host inputs at most: token ids, positions and slots, the block tables, per-sequence lengths and
+        rows, the sampler's per-sequence values (stop-token masks beyond 16 ids a sequence fall back to allocating)."""
+        tokens, seqs = self.config.max_num_batched_tokens, self.config.max_num_seqs
+        width = -(-max(self.max_model_len, tokens) // self.block_size)
+        return 3 * 8 * (tokens + seqs) + 4 * seqs * width + 64 * seqs + 2 * 8 * 16 * seqs + (1 << 16)
 
     def _init_all_reduce(self) -> str:
         if tp_size() == 1:
@@ -138,6 +146,7 @@ class ModelRunner:
             for decodes in (0, 1):
                 lens = [1] * decodes + [q_len]
                 tokens = sum(lens)
+                self.staging.next_step()
                 self._eager(StepInputs(
                     input_ids=[0] * tokens, positions=list(range(tokens)), slot_mapping=[-1] * tokens,
                     block_tables=[[0] * width for _ in lens], seq_lens=lens,
@@ -147,6 +156,7 @@ class ModelRunner:
         # hold the device and pinned host memory that a full step and the one queued behind it take. A step that
         # found them short would wait in cudaMalloc or cudaHostAlloc, which wait for the GPU to go idle.
         for _ in range(2):
+            self.staging.next_step()
             step = self._full_step()
             hidden = self._eager(step)
             self.model.compute_logits(hidden[: len(step.seq_lens)])
@@ -187,6 +197,8 @@ class ModelRunner:
         return step
 
     def forward(self, step: StepInputs) -> torch.Tensor | None:
+        if self.staging is not None:
+            self.staging.next_step()
         size = self.graphs.size_for(len(step.input_ids), step.num_decodes) if self.graphs else None
         if size is not None:
             ids = self.graphs.stage(size, step.input_ids, step.positions, step.slot_mapping, step.seq_lens,
@@ -199,29 +211,32 @@ class ModelRunner:
         if len(step.sample_rows) != hidden.size(0):
             # Not hidden[list]: that copies the rows' indices from pageable memory, which waits for the GPU to
             # finish everything queued, the previous step included: a prefill step would then launch after it.
-            hidden = hidden.index_select(0, to_device(step.sample_rows, torch.int64, hidden.device))
+            hidden = hidden.index_select(0, self._to_device(step.sample_rows, torch.int64))
         return self.model.compute_logits(hidden)
 
     def _eager(self, step: StepInputs) -> torch.Tensor:
         dev = self.device
         meta = AttentionMetadata(
-            slot_mapping=to_device(step.slot_mapping, torch.int64, dev),
-            block_tables=to_device(step.block_tables, torch.int32, dev),
-            seq_lens=to_device(step.seq_lens, torch.int32, dev),
-            query_start_loc=to_device(step.query_start_loc, torch.int32, dev),
+            slot_mapping=self._to_device(step.slot_mapping, torch.int64),
+            block_tables=self._to_device(step.block_tables, torch.int32),
+            seq_lens=self._to_device(step.seq_lens, torch.int32),
+            query_start_loc=self._to_device(step.query_start_loc, torch.int32),
             num_decodes=step.num_decodes,
             num_decode_tokens=step.num_decodes,
             max_query_len=step.max_query_len,
             max_seq_len=max(step.seq_lens),
         )
-        ids = to_device(step.input_ids, torch.int64, dev)
+        ids = self._to_device(step.input_ids, torch.int64)
         self._fill_pending(ids, step)
-        return self.model(ids, to_device(step.positions, torch.int64, dev), meta)
+        return self.model(ids, self._to_device(step.positions, torch.int64), meta)
+
+    def _to_device(self, values: list, dtype: torch.dtype) -> torch.Tensor:
+        return to_device(values, dtype, self.device, self.staging)
 
     def _fill_pending(self, ids: torch.Tensor, step: StepInputs) -> None:
         if step.pending_rows:
-            rows = to_device(step.pending_rows, torch.int64, self.device)
-            ids.index_copy_(0, rows, self.last_sampled.index_select(0, to_device(step.pending_from, torch.int64, self.device)))
+            rows = self._to_device(step.pending_rows, torch.int64)
+            ids.index_copy_(0, rows, self.last_sampled.index_select(0, self._to_device(step.pending_from, torch.int64)))
 
     @torch.inference_mode()
     def launch(self, batch: ScheduledBatch, eos_token_ids: list[int],
@@ -236,7 +251,7 @@ class ModelRunner:
         sampled = [s for s, n in zip(batch.seqs, batch.num_new_tokens) if s.num_computed_tokens + n == s.num_tokens]
         tokens = self.sampler(logits, sampled, eos_token_ids)
         self.share_sampled(tokens)
-        return SampledTokens.start_copy(tokens), sampled
+        return SampledTokens.start_copy(tokens, self.staging), sampled
 
     def share_sampled(self, tokens: torch.Tensor) -> None:
         """Every rank keeps the step's sampled tokens on its GPU, where the next step's inputs may take them."""

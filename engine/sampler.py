@@ -2,7 +2,7 @@ from dataclasses import dataclass
 
 import torch
 
-from engine.host_copy import to_device
+from engine.host_copy import PinnedStaging, to_device
 from engine.sequence import Sequence
 
 
@@ -18,10 +18,11 @@ class SampledTokens:
     ready: torch.cuda.Event | None
 
     @classmethod
-    def start_copy(cls, tokens: torch.Tensor) -> "SampledTokens":
+    def start_copy(cls, tokens: torch.Tensor, staging: PinnedStaging | None = None) -> "SampledTokens":
         if tokens.device.type != "cuda":
             return cls(tokens, tokens, None)
-        host = torch.empty(tokens.shape, dtype=tokens.dtype, pin_memory=True)
+        host = staging.host(tuple(tokens.shape), tokens.dtype) if staging is not None else \
+            torch.empty(tokens.shape, dtype=tokens.dtype, pin_memory=True)
         host.copy_(tokens, non_blocking=True)
         ready = torch.cuda.Event()
         ready.record()
@@ -34,8 +35,9 @@ class SampledTokens:
 
 
 class Sampler:
-    def __init__(self, device: torch.device, seed: int) -> None:
+    def __init__(self, device: torch.device, seed: int, staging: PinnedStaging | None = None) -> None:
         self.device = device
+        self.staging = staging
         self.generator = torch.Generator(device=device).manual_seed(seed)
         self.seeded: dict[str, torch.Generator] = {}
 
@@ -45,12 +47,12 @@ class Sampler:
         # bf16 to fp32 is exact, so a greedy batch takes the same argmax without the conversion kernel.
         if not all(greedy):
             logits = logits.float()
-        self._mask_early_stops(logits, seqs, eos_token_ids)
+        self._mask_early_stops(logits, seqs, eos_token_ids, self.staging)
         if all(greedy):
             return logits.argmax(dim=-1)
-        temps = to_device([s.params.temperature or 1.0 for s in seqs], torch.float32, logits.device)
+        temps = to_device([s.params.temperature or 1.0 for s in seqs], torch.float32, logits.device, self.staging)
         logits = logits / temps.unsqueeze(1)
-        logits = _top_k_top_p(logits, [s.params.top_k for s in seqs], [s.params.top_p for s in seqs])
+        logits = _top_k_top_p(logits, [s.params.top_k for s in seqs], [s.params.top_p for s in seqs], self.staging)
         probs = logits.softmax(dim=-1)
         shared = [i for i, s in enumerate(seqs) if s.params.seed is None]
         if len(shared) == len(seqs):
@@ -58,14 +60,15 @@ class Sampler:
         else:
             noise = torch.empty_like(probs)
             if shared:
-                noise[to_device(shared, torch.int64, probs.device)] = torch.empty(
+                noise[to_device(shared, torch.int64, probs.device, self.staging)] = torch.empty(
                     len(shared), probs.size(1), device=probs.device).exponential_(generator=self.generator)
         for i, s in enumerate(seqs):
             if s.params.seed is not None:
                 noise[i].exponential_(generator=self._generator_for(s))
         sampled = (probs / noise).argmax(dim=-1)
         if any(greedy):
-            sampled = torch.where(to_device(greedy, torch.bool, logits.device), logits.argmax(dim=-1), sampled)
+            sampled = torch.where(to_device(greedy, torch.bool, logits.device, self.staging), logits.argmax(dim=-1),
+                                  sampled)
         return sampled
 
     def _generator_for(self, seq: Sequence) -> torch.Generator:
@@ -78,7 +81,8 @@ class Sampler:
         self.seeded.pop(request_id, None)
 
     @staticmethod
-    def _mask_early_stops(logits: torch.Tensor, seqs: list[Sequence], eos_token_ids: list[int]) -> None:
+    def _mask_early_stops(logits: torch.Tensor, seqs: list[Sequence], eos_token_ids: list[int],
+                          staging: PinnedStaging | None = None) -> None:
         rows: list[int] = []
         cols: list[int] = []
         for i, s in enumerate(seqs):
@@ -88,20 +92,22 @@ class Sampler:
                 cols.extend(banned)
         if rows:
             # A device tensor of -inf, not a Python float: index_put_ would copy that scalar to the GPU synchronously.
-            logits[to_device(rows, torch.int64, logits.device), to_device(cols, torch.int64, logits.device)] = \
+            logits[to_device(rows, torch.int64, logits.device, staging),
+                   to_device(cols, torch.int64, logits.device, staging)] = \
                 torch.full((len(rows),), float("-inf"), dtype=logits.dtype, device=logits.device)
 
 
-def _top_k_top_p(logits: torch.Tensor, top_ks: list[int], top_ps: list[float]) -> torch.Tensor:
+def _top_k_top_p(logits: torch.Tensor, top_ks: list[int], top_ps: list[float],
+                 staging: PinnedStaging | None = None) -> torch.Tensor:
     if all(k == -1 for k in top_ks) and all(p >= 1.0 for p in top_ps):
         return logits
     sorted_logits, order = logits.sort(dim=-1, descending=True)
     vocab = logits.size(1)
-    ks = to_device([vocab if k == -1 else min(k, vocab) for k in top_ks], torch.int64, logits.device)
+    ks = to_device([vocab if k == -1 else min(k, vocab) for k in top_ks], torch.int64, logits.device, staging)
     ranks = torch.arange(vocab, device=logits.device).unsqueeze(0)
     mask = ranks >= ks.unsqueeze(1)
     probs = sorted_logits.masked_fill(mask, float("-inf")).softmax(dim=-1)
     before = probs.cumsum(dim=-1) - probs
-    mask |= before >= to_device(top_ps, torch.float32, logits.device).unsqueeze(1)
+    mask |= before >= to_device(top_ps, torch.float32, logits.device, staging).unsqueeze(1)
     sorted_logits = sorted_logits.masked_fill(mask, float("-inf"))
     return torch.empty_like(logits).scatter_(1, order, sorted_logits)
