@@ -318,7 +318,8 @@ def gemv_rows(ceil: dict) -> list[dict]:
                 fused_s = graph_seconds(lambda i: fused(weights[i % len(weights)]), calls)
                 rows.append(row(f"gemv {op}", shape, f"M={m} N={n} K={k}", fused_s, nbytes, ceil, err, base_s,
                                 ratio=base_s / fused_s, baseline_GBps=nbytes / base_s / 1e9,
-                                policy=gemv.fused_gemv_enabled(m, n, k, DT),
+                                policy=gemv.fused_gemv_enabled(m, n, k, DT, {"qkv": "norm", "gate_up": "norm",
+                                                                             "down": "silu_mul"}.get(op, "plain")),
                                 config=gemv.gemv_config(n, k, DT.itemsize, gemv.num_sms(DEV))))
             del weights
     return rows

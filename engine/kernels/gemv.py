@@ -11,10 +11,13 @@ from engine.kernels.common import INTERPRET, dot_flags, num_sms
 from engine.kernels.norm import rms_scale
 
 MAX_M = 16  # tl.dot needs 16 rows: one row tile, rows >= M masked to zero
-# Placeholder, to be tuned on an H200 (benchmarks/kernels_gpu.py --only gemv): every Qwen3-0.6B projection and the
-# Qwen2.5-7B attention ones fall under it; the MLP matrices of 7B/32B stay with cuBLAS until measured.
-MAX_WEIGHT_BYTES = 32 << 20
 PLAIN, NORM, SILU_MUL = 0, 1, 2
+# Measured on an H200 (2026-12-03, benchmarks/kernels_gpu.py --only gemv, inside CUDA graphs): only the plain product
+# of a small matrix at up to 4 rows beats cuBLAS (Qwen3-0.6B's o_proj, 4 MiB: 6.3 us against 8.3 to 13.0, where
+# cuBLAS splits K); the fused prologues and every larger matrix lose (0.14x to 0.97x), one program per 16 rows over
+# the whole K being too little parallelism. They stay available, forced on with PAGEBENCH_FUSED_GEMV=1.
+AUTO_MAX_M = 4
+AUTO_MAX_WEIGHT_BYTES = 4 << 20
 
 
 def _env_switch() -> bool | None:
@@ -29,19 +32,22 @@ def _env_switch() -> bool | None:
 FORCE: bool | None = _env_switch()  # read once; None follows the size policy
 
 
-def fused_gemv_enabled(m: int, n: int, k: int, dtype: torch.dtype) -> bool:
-    """Whether a projection of an [m, k] input by an [n, k] weight takes the fused kernels."""
+def fused_gemv_enabled(m: int, n: int, k: int, dtype: torch.dtype, prologue: str = "plain") -> bool:
+    """Whether a projection of an [m, k] input by an [n, k] weight takes these kernels, after its prologue ("plain",
+    "norm": RMSNorm with the residual add, "silu_mul")."""
     if not 0 < m <= MAX_M or FORCE is False:
         return False
-    return FORCE is True or n * k * dtype.itemsize <= MAX_WEIGHT_BYTES
+    if FORCE is True:
+        return True
+    return prologue == "plain" and m <= AUTO_MAX_M and n * k * dtype.itemsize <= AUTO_MAX_WEIGHT_BYTES
 
 
-def fused_gemv_allowed(x: torch.Tensor, weight: torch.Tensor) -> bool:
+def fused_gemv_allowed(x: torch.Tensor, weight: torch.Tensor, prologue: str = "plain") -> bool:
     """On CPU tensors the kernels run only in the interpreter, and only when forced on (tests): the CPU engine keeps
     its torch path, which is token-identical to Hugging Face."""
     if not (x.is_cuda or INTERPRET and FORCE is True) or x.dim() != 2 or x.dtype != weight.dtype:
         return False
-    return fused_gemv_enabled(x.size(0), weight.size(0), weight.size(1), weight.dtype)
+    return fused_gemv_enabled(x.size(0), weight.size(0), weight.size(1), weight.dtype, prologue)
 
 
 def gemv_config(n: int, k: int, itemsize: int, sms: int) -> dict:

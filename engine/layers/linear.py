@@ -29,16 +29,17 @@ class LinearBase(nn.Module):
             loaded = loaded.narrow(self.tp_dim, self.tp_rank * size, size)
         param.data.copy_(loaded)
 
-    def fused_gemv(self, x: torch.Tensor) -> bool:
-        """Whether projecting x runs in one of engine.kernels.gemv's small-batch kernels (one GPU, at most 16 rows,
-        the size policy there); on CPU tensors only under the Triton interpreter with the kernels forced on (tests)."""
+    def fused_gemv(self, x: torch.Tensor, prologue: str = "plain") -> bool:
+        """Whether projecting x (after prologue "plain", "norm" or "silu_mul") runs in one of engine.kernels.gemv's
+        small-batch kernels (one GPU, at most 16 rows, the policy there); on CPU tensors only under the Triton
+        interpreter with the kernels forced on (tests)."""
         if self.tp_size != 1 or x.dim() != 2 or x.size(0) > FUSED_GEMV_MAX_M:
             return False
         if not x.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
             return False
         from engine.kernels.gemv import fused_gemv_allowed
 
-        return fused_gemv_allowed(x, self.weight)
+        return fused_gemv_allowed(x, self.weight, prologue)
 
 
 class ReplicatedLinear(LinearBase):

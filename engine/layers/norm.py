@@ -30,7 +30,7 @@ class RMSNorm(nn.Module):
                 linear: LinearBase) -> tuple[torch.Tensor, torch.Tensor]:
         """(linear(norm(x + residual)), x + residual), or (linear(norm(x)), x) without residual: one launch where
         linear.fused_gemv allows it (small batch on one GPU), else this norm then linear as two steps."""
-        if linear.fused_gemv(x):
+        if linear.fused_gemv(x, "norm"):
             from engine.kernels.gemv import norm_gemv
 
             return norm_gemv(x, residual, self.weight, self.eps, linear.weight, linear.bias)

@@ -74,7 +74,7 @@ class MLP(nn.Module):
 
     def down(self, gate_up: torch.Tensor) -> torch.Tensor:
         """down_proj(silu(gate) * up): one launch at small batch on one GPU (engine.kernels.gemv), else two."""
-        if self.down_proj.bias is None and self.down_proj.fused_gemv(gate_up):
+        if self.down_proj.bias is None and self.down_proj.fused_gemv(gate_up, "silu_mul"):
             from engine.kernels.gemv import silu_mul_gemv
 
             return silu_mul_gemv(gate_up, self.down_proj.weight)
