@@ -152,27 +152,7 @@ class ModelRunner:
                     block_tables=[[0] * width for _ in lens], seq_lens=lens,
                     query_start_loc=[0, *itertools.accumulate(lens)], num_decodes=decodes, max_query_len=q_len,
                     sample_rows=[]))
-        # Full-budget steps, two without a sync between as under asynchronous scheduling: the caching allocators then
-        # hold the device and pinned host memory that a full step and the one queued behind it take. A step that
-        # found them short would wait in cudaMalloc or cudaHostAlloc, which wait for the GPU to go idle.
-        for _ in range(2):
-            self.staging.next_step()
-            step = self._full_step()
-            hidden = self._eager(step)
-            self.model.compute_logits(hidden[: len(step.seq_lens)])
         torch.cuda.synchronize()
-
-    def _full_step(self) -> StepInputs:
-        """max_num_batched_tokens tokens over max_num_seqs rows (decodes and one long extend), the widest tables."""
-        tokens = self.config.max_num_batched_tokens
-        decodes = min(self.config.max_num_seqs, tokens) - 1
-        q_len = tokens - decodes
-        lens = [1] * decodes + [q_len]
-        width = -(-max(self.max_model_len, q_len) // self.block_size)
-        return StepInputs(input_ids=[0] * tokens, positions=[0] * decodes + [p % self.max_model_len for p in range(q_len)],
-                          slot_mapping=[-1] * tokens, block_tables=[[0] * width for _ in lens], seq_lens=lens,
-                          query_start_loc=[0, *itertools.accumulate(lens)], num_decodes=decodes, max_query_len=q_len,
-                          sample_rows=[])
 
     def prepare(self, batch: ScheduledBatch, pending: dict[int, int]) -> StepInputs:
         """pending: for each sequence (by id()) whose last token the previous step sampled and the host has not

@@ -79,19 +79,3 @@ def test_requests_behind_a_shared_prefix_share_it_with_either_scheduling(async_s
                 cached[out.request_id] = out.metrics.num_cached_tokens
     assert cached == {"r0": 0, "r1": 64, "r2": 64, "r3": 64}
 
-
-def test_the_full_budget_warmup_step_is_a_valid_step_that_writes_no_cache():
-    """Warmup on a GPU runs this step so that the allocators hold a full step's memory before any request (a step
-    that has to allocate waits for the GPU to go idle): it must run, at the budget's size, and leave the KV alone."""
-    import torch
-
-    e = LLMEngine("random:custom", device="cpu", hf_config=TINY_LLAMA, kv_cache_tokens=160, block_size=16,
-                  max_model_len=80, max_num_batched_tokens=100, max_num_seqs=4)
-    runner = e.runner
-    step = runner._full_step()
-    assert len(step.input_ids) == 100 and len(step.seq_lens) == 4 and step.num_decodes == 3
-    assert max(step.positions) < 80 and all(len(t) * 16 >= n for t, n in zip(step.block_tables, step.seq_lens))
-    caches = [layer.k_cache.clone() for layer in runner.attn_layers]
-    hidden = runner._eager(step)
-    assert hidden.shape[0] == 100 and torch.isfinite(hidden).all()
-    assert all(torch.equal(c, layer.k_cache) for c, layer in zip(caches, runner.attn_layers))
