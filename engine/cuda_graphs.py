@@ -2,8 +2,6 @@
 import torch
 
 from engine.attention import AttentionMetadata
-import numpy as np
-
 from engine.host_copy import PinnedStaging
 
 MAX_GRAPH_BATCH = 256
@@ -55,7 +53,6 @@ class DecodeGraphs:
               block_tables: list[list[int]]) -> torch.Tensor:
         """Copies a step's inputs into the graph's buffers; returns the token-id buffer for last-moment fills."""
         n = len(ids)
-        pad = size - n
         packed = self.staging.host((3, size), torch.int64)
         rows = packed.numpy()
         rows[:, n:] = 0

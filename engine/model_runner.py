@@ -195,7 +195,6 @@ class ModelRunner:
         return self.model.compute_logits(hidden)
 
     def _eager(self, step: StepInputs) -> torch.Tensor:
-        dev = self.device
         meta = AttentionMetadata(
             slot_mapping=self._to_device(step.slot_mapping, torch.int64),
             block_tables=self._to_device(step.block_tables, torch.int32),

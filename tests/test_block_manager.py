@@ -1,5 +1,4 @@
 """Block-manager invariants under random add/step/abort sequences (hypothesis)."""
-import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from engine.block_manager import BlockManager, block_hash, token_bytes
