@@ -33,7 +33,7 @@ backends:
   - name: engine
     kind: paged
     model: demo
-    launch: "{python} -m engine.cli serve demo --port {port}"
+    launch: "{python} -m engine.cli serve demo --port {port} --request-log REQUEST_LOG"
     ready_timeout_s: 300
 workload:
   tokenizer: demo
@@ -44,7 +44,7 @@ load:
   requests: 4
   warmup_requests: 1
   sample_interval_s: 0.25
-""")
+""".replace("REQUEST_LOG", str(tmp_path / "requests.log")))
     res = subprocess.run([sys.executable, "-m", "harness.cli", "run", str(scenario), "--out", str(tmp_path / "out"), "--no-report"],
                          capture_output=True, text=True, timeout=600, cwd=REPO)
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
@@ -59,3 +59,12 @@ load:
     assert (req["chunk_tokens"].map(sum) == 8).all() and (req["prompt_tokens"] > 32).all()
     assert (run.samples["kv_blocks_total"] > 0).any() and (run.samples["rss_bytes"] > 0).all()
     assert json.loads((run_dir / "summary.json").read_text())[0]["decode_tps"]["p50"] > 0
+
+    # The server's own stamps line up with the client's, request by request (benchmarks/request_timeline.py).
+    tl = subprocess.run([sys.executable, "benchmarks/request_timeline.py", str(run_dir), str(tmp_path / "requests.log")],
+                        capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert tl.returncode == 0, tl.stderr
+    timeline = json.loads(tl.stdout)
+    assert (timeline["requests"], timeline["unmatched"]) == (4, 0)
+    assert all(p["min"] >= 0 for p in timeline["phase_s"].values()), timeline["phase_s"]
+    assert timeline["client_first_token_s"]["min"] >= timeline["from_first_send_s"]["first_token"]["min"]

@@ -206,6 +206,8 @@ class OpenAIHttpBackend(Backend):
                             rec.finish_reason = c["finish_reason"]
                     usage = chunk.get("usage")
                     if usage:
+                        # The response's id, once: a server's own request log (engine serve --request-log) keys on it.
+                        rec.server["response_id"] = chunk.get("id")
                         rec.prompt_tokens = usage.get("prompt_tokens")
                         rec.output_tokens = usage.get("completion_tokens")
                         cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens")
