@@ -12,6 +12,7 @@ import os
 import random
 import statistics
 import time
+from collections.abc import Callable
 
 import torch
 
@@ -156,12 +157,18 @@ class HostPhases:
     def __init__(self, e: LLMEngine) -> None:
         self.steps: list[dict[str, float]] = []
         self.current: dict[str, float] = {}
-        for owner, name, label in ((e, "_drain_pending", "admit"), (e.scheduler, "schedule", "schedule"),
-                                   (e.runner, "prepare", "prepare"), (e.runner, "forward", "forward"),
-                                   (e.runner, "launch", "launch"), (e, "_complete", "complete")):
+        self.wrapped = [(e, "_drain_pending", "admit"), (e.scheduler, "schedule", "schedule"),
+                        (e.runner, "prepare", "prepare"), (e.runner, "forward", "forward"),
+                        (e.runner, "launch", "launch"), (e, "_complete", "complete")]
+        for owner, name, label in self.wrapped:
             setattr(owner, name, self.timed(getattr(owner, name), label))
 
-    def timed(self, fn, label: str):
+    def remove(self) -> None:
+        """Puts the engine's own methods back (the wrappers are instance attributes over them)."""
+        for owner, name, _ in self.wrapped:
+            vars(owner).pop(name, None)
+
+    def timed(self, fn: Callable, label: str) -> Callable:
         def run(*args, **kwargs):
             t = time.perf_counter()
             try:
@@ -204,10 +211,7 @@ def timed_burst(llm: LLM, prompts: list[list[int]], max_tokens: int = 16, steps_
     ttfts = []
     while e.has_unfinished_requests():
         ttfts += [o.metrics.first_token_time - o.metrics.arrival_time for o in phases.step(e) if o.finished]
-    for name in ("_drain_pending", "_complete"):
-        vars(e).pop(name, None)
-    for owner, name in ((e.scheduler, "schedule"), (e.runner, "prepare"), (e.runner, "forward"), (e.runner, "launch")):
-        vars(owner).pop(name, None)
+    phases.remove()
     return {"ttft_p50_s": round(statistics.median(ttfts), 4), "ttft_max_s": round(max(ttfts), 4),
             "hit_rate": round(e.stats().prefix_cache_hit_rate, 4), "steps": len(phases.steps),
             "first_steps_host_ms": phases.steps[:steps_kept]}

@@ -60,7 +60,8 @@ class DecodeGraphs:
         rows[0, :n], rows[1, :n], rows[2, :n] = ids, positions, slots
         self.packed[:, :size].copy_(packed, non_blocking=True)
         lens = self.staging.host((size,), torch.int32)
-        lens.numpy()[:n], lens.numpy()[n:] = seq_lens, 0
+        lens.numpy()[:n] = seq_lens
+        lens.numpy()[n:] = 0
         self.seq_lens[:size].copy_(lens, non_blocking=True)
         tables = self.staging.stage(block_tables, torch.int32)
         self.block_tables[:n, : tables.size(1)].copy_(tables, non_blocking=True)

@@ -63,7 +63,7 @@ def to_device(values: list, dtype: torch.dtype, device: torch.device,
               staging: PinnedStaging | None = None) -> torch.Tensor:
     """Through pinned memory: a copy from pageable memory waits for the stream to drain, which under asynchronous
     scheduling would wait for the step queued ahead. With staging, the pinned memory is a slot's, not allocated."""
-    if device.type == "cpu":
-        return host_tensor(values, dtype) if dtype in NUMPY_DTYPES else torch.tensor(values, dtype=dtype)
-    pinned = staging.stage(values, dtype) if staging is not None else host_tensor(values, dtype).pin_memory()
-    return pinned.to(device, non_blocking=True)
+    if staging is not None and device.type != "cpu":
+        return staging.stage(values, dtype).to(device, non_blocking=True)
+    t = host_tensor(values, dtype) if dtype in NUMPY_DTYPES else torch.tensor(values, dtype=dtype)
+    return t if device.type == "cpu" else t.pin_memory().to(device, non_blocking=True)

@@ -30,6 +30,7 @@ from engine import attention as ref  # noqa: E402
 from engine.layers.activation import SiluAndMul  # noqa: E402
 from engine.layers.norm import RMSNorm  # noqa: E402
 from engine.layers.rotary import RotaryEmbedding  # noqa: E402
+from tests.kernel_launches import record_launches  # noqa: E402
 
 
 def _forget_kernels() -> None:
@@ -434,18 +435,7 @@ def test_model_uses_the_fused_rotary_store_kv_on_the_triton_backend(monkeypatch,
         return K.rms_norm(x, self.weight, self.eps, residual)
 
     monkeypatch.setattr(RMSNorm, "forward", norm_as_on_cuda)
-    norm_module = sys.modules[K.rms_norm.__module__]
-    norm_kernel = norm_module._rms_norm_kernel
-    norm_widths = []
-
-    class CountedNormKernel:
-        def __getitem__(self, grid):
-            def launch(*args, **kwargs):
-                norm_widths.append(kwargs["N"])
-                return norm_kernel[grid](*args, **kwargs)
-            return launch
-
-    monkeypatch.setattr(norm_module, "_rms_norm_kernel", CountedNormKernel())
+    norm_widths = record_launches(monkeypatch, sys.modules[K.rms_norm.__module__], "_rms_norm_kernel", "N")
     with monkeypatch.context() as patch:
         patch.setattr(rotary_layer.RotaryEmbedding, "forward", rotary_as_on_cuda)
         want = _prefill_then_padded_decode(_tiny_model(arch, torch.bfloat16, 4, 16), UnfusedBackend)

@@ -20,6 +20,7 @@ if not HAS_CUDA and "triton" in sys.modules and _SAVED_INTERPRET != "1":
 pytest.importorskip("triton")
 
 from engine import attention as ref  # noqa: E402
+from tests.kernel_launches import record_launches  # noqa: E402
 
 DEVICE = torch.device("cuda" if HAS_CUDA else "cpu")
 BF16, F32 = torch.bfloat16, torch.float32
@@ -256,17 +257,7 @@ def test_decoder_with_fused_gemv_matches_unfused(G, monkeypatch, arch, prompts):
     inside down_proj) and decodes the same greedy tokens as forced off. In fp32 the logits agree to rounding; in
     bf16 both paths sit about 2% from the fp32 model (this tiny model's bf16 noise), the fused one no further.
     The default leaves CPU steps on torch."""
-    launches = []
-    kernel = G._gemv_kernel
-
-    class Counted:
-        def __getitem__(self, grid):
-            def launch(*args, **kwargs):
-                launches.append(kwargs["PROLOGUE"])
-                return kernel[grid](*args, **kwargs)
-            return launch
-
-    monkeypatch.setattr(G, "_gemv_kernel", Counted())
+    launches = record_launches(monkeypatch, G, "_gemv_kernel", "PROLOGUE")
     models = {BF16: _tiny_model(arch, BF16), F32: _tiny_model(arch, F32)}
     for fp32, bf16 in zip(models[F32].parameters(), models[BF16].parameters()):
         fp32.data = bf16.data.float()  # one set of weights, so that fp32 is the bf16 model's reference
