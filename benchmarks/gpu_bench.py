@@ -157,6 +157,11 @@ class HostPhases:
     def __init__(self, e: LLMEngine) -> None:
         self.steps: list[dict[str, float]] = []
         self.current: dict[str, float] = {}
+        # When each step's launches ended on the host and when the GPU got through them, from one origin: which of
+        # the two a burst waits on. Events only: nothing here syncs.
+        self.start_event, self.ends = torch.cuda.Event(enable_timing=True), []
+        self.start_event.record()
+        self.t0 = time.perf_counter()
         self.wrapped = [(e, "_drain_pending", "admit"), (e.scheduler, "schedule", "schedule"),
                         (e.runner, "prepare", "prepare"), (e.runner, "forward", "forward"),
                         (e.runner, "launch", "launch"), (e, "_complete", "complete")]
@@ -164,9 +169,13 @@ class HostPhases:
             setattr(owner, name, self.timed(getattr(owner, name), label))
 
     def remove(self) -> None:
-        """Puts the engine's own methods back (the wrappers are instance attributes over them)."""
+        """Puts the engine's own methods back (the wrappers are instance attributes over them), and adds each step's
+        gpu_end_ms (after a sync)."""
         for owner, name, _ in self.wrapped:
             vars(owner).pop(name, None)
+        torch.cuda.synchronize()
+        for row, end in zip(self.steps, self.ends):
+            row["gpu_end_ms"] = round(self.start_event.elapsed_time(end), 3)
 
     def timed(self, fn: Callable, label: str) -> Callable:
         def run(*args, **kwargs):
@@ -183,6 +192,9 @@ class HostPhases:
         t = time.perf_counter()
         outputs = e.step()
         self.current["step"] = (time.perf_counter() - t) * 1e3
+        self.current["host_end_ms"] = (time.perf_counter() - self.t0) * 1e3
+        self.ends.append(torch.cuda.Event(enable_timing=True))
+        self.ends[-1].record()
         # cudaMalloc and cudaHostAlloc wait for the device to go idle: a step that needs new memory pays for that.
         after = allocations()
         self.current.update({k: after[k] - before[k] for k in after if after[k] != before[k]})
@@ -286,7 +298,7 @@ def profile(shape: str, batch: int, context: int, async_scheduling: bool = False
     return result
 
 
-def top_kernels(prof: object, steps: int, n: int = 14) -> tuple[float, list[dict]]:
+def top_kernels(prof: object, steps: int, n: int = 24) -> tuple[float, list[dict]]:
     events = [ev for ev in prof.key_averages() if ev.device_type.name == "CUDA"]
     total = sum(ev.self_device_time_total for ev in events) / steps / 1e3
     top = sorted(events, key=lambda ev: ev.self_device_time_total, reverse=True)[:n]

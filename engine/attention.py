@@ -47,7 +47,7 @@ def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, fir
 
 
 def paged_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, block_tables: torch.Tensor,
-                 seq_lens: torch.Tensor, scale: float) -> torch.Tensor:
+                 seq_lens: torch.Tensor, scale: float, *, out: torch.Tensor | None = None) -> torch.Tensor:
     """One query token per sequence, all sequences at once: keys gathered through the tables, padding masked."""
     b, hq, d = q.shape
     block_size, hkv = k_cache.size(1), k_cache.size(2)
@@ -61,13 +61,15 @@ def paged_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, 
     qg = q.float().view(b, hkv, hq // hkv, d)
     scores = torch.einsum("bhgd,blhd->bhgl", qg, k) * scale
     scores.masked_fill_(pad[:, None, None, :, 0, 0], float("-inf"))
-    out = torch.einsum("bhgl,blhd->bhgd", scores.softmax(dim=-1), v).reshape(b, hq, d)
-    return out.masked_fill((seq_lens == 0)[:, None, None], 0.0).to(q.dtype)
+    result = torch.einsum("bhgl,blhd->bhgd", scores.softmax(dim=-1), v).reshape(b, hq, d)
+    result = result.masked_fill((seq_lens == 0)[:, None, None], 0.0).to(q.dtype)
+    return result if out is None else out.copy_(result)
 
 
 def paged_extend(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, block_tables: torch.Tensor,
-                 query_start_loc: torch.Tensor, seq_lens: torch.Tensor, max_query_len: int, scale: float) -> torch.Tensor:
-    out = torch.empty_like(q)
+                 query_start_loc: torch.Tensor, seq_lens: torch.Tensor, max_query_len: int, scale: float, *,
+                 out: torch.Tensor | None = None) -> torch.Tensor:
+    out = torch.empty_like(q) if out is None else out
     starts = query_start_loc.tolist()
     for i, seq_len in enumerate(seq_lens.tolist()):
         s, e = starts[i], starts[i + 1]
@@ -93,16 +95,17 @@ def get_backend(device: torch.device) -> object:
 
 
 def attend_to_cache(backend: object, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
-                    meta: AttentionMetadata, scale: float) -> torch.Tensor:
-    """Attention over K/V already in the caches, this step's tokens included (stored by the caller)."""
+                    meta: AttentionMetadata, scale: float, out: torch.Tensor | None = None) -> torch.Tensor:
+    """Attention over K/V already in the caches, this step's tokens included (stored by the caller); into out
+    ([tokens, heads, head_dim], contiguous last dim) where given."""
     nd, ndt = meta.num_decodes, meta.num_decode_tokens
     if ndt == q.size(0):
-        return backend.paged_decode(q, k_cache, v_cache, meta.block_tables, meta.seq_lens, scale)
+        return backend.paged_decode(q, k_cache, v_cache, meta.block_tables, meta.seq_lens, scale, out=out)
     if nd == 0:
         return backend.paged_extend(q, k_cache, v_cache, meta.block_tables, meta.query_start_loc, meta.seq_lens,
-                                    meta.max_query_len, scale)
-    out = torch.empty_like(q)
-    out[:ndt] = backend.paged_decode(q[:ndt], k_cache, v_cache, meta.block_tables[:nd], meta.seq_lens[:nd], scale)
-    out[ndt:] = backend.paged_extend(q[ndt:], k_cache, v_cache, meta.block_tables[nd:],
-                                     meta.query_start_loc[nd:] - ndt, meta.seq_lens[nd:], meta.max_query_len, scale)
+                                    meta.max_query_len, scale, out=out)
+    out = torch.empty_like(q) if out is None else out
+    backend.paged_decode(q[:ndt], k_cache, v_cache, meta.block_tables[:nd], meta.seq_lens[:nd], scale, out=out[:ndt])
+    backend.paged_extend(q[ndt:], k_cache, v_cache, meta.block_tables[nd:], meta.query_start_loc[nd:] - ndt,
+                         meta.seq_lens[nd:], meta.max_query_len, scale, out=out[ndt:])
     return out

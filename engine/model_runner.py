@@ -15,6 +15,7 @@ from engine.custom_all_reduce import try_custom_all_reduce
 from engine.host_copy import PinnedStaging, to_device
 from engine.kernels.late_compiles import watch_late_compiles
 from engine.parallel import set_custom_all_reduce, tp_size
+from engine.piecewise_graphs import PiecewiseGraphs
 from engine.sampler import Sampler, SampledTokens
 from engine.scheduler import ScheduledBatch
 from engine.sequence import PENDING, Sequence
@@ -49,6 +50,7 @@ class ModelRunner:
             layer.backend = self.backend
         self.kv_cache_bytes = self.num_blocks * self.block_size * self.kv_bytes_per_token
         self.graphs: DecodeGraphs | None = None
+        self.pieces: PiecewiseGraphs | None = None
         self.last_sampled: torch.Tensor | None = None
         if device.type == "cuda":
             self.warmup()
@@ -56,6 +58,9 @@ class ModelRunner:
             self.graphs = DecodeGraphs(model, min(config.max_num_seqs, MAX_GRAPH_BATCH),
                                        -(-max_model_len // self.block_size), max_model_len, device, self.staging)
             self.graphs.capture()
+            if tp_size() == 1:  # under TP the pieces' all-reduces are not captured yet: those steps stay eager
+                self.pieces = PiecewiseGraphs(model, config.max_num_batched_tokens, device, self.staging)
+                self.pieces.capture()
         self.late_compiles = watch_late_compiles() if device.type == "cuda" else None
 
     def _staging_bytes(self) -> int:
@@ -82,7 +87,7 @@ class ModelRunner:
         """Frees the decode graphs; under TP they hold captured all-reduces that NCCL's teardown waits on."""
         set_custom_all_reduce(None)
         if self.graphs is not None:
-            self.graphs = None
+            self.graphs = self.pieces = None
             gc.collect()
             torch.cuda.synchronize()
 
@@ -185,7 +190,8 @@ class ModelRunner:
                                     step.block_tables)
             self._fill_pending(ids, step)
             return self.graphs.replay(size, len(step.input_ids))
-        hidden = self._eager(step)
+        pieces = self.pieces.size_for(len(step.input_ids)) if self.pieces else None
+        hidden = self._piecewise(step, pieces) if pieces is not None else self._eager(step)
         if not step.sample_rows:
             return None
         if len(step.sample_rows) != hidden.size(0):
@@ -195,8 +201,20 @@ class ModelRunner:
         return self.model.compute_logits(hidden)
 
     def _eager(self, step: StepInputs) -> torch.Tensor:
-        meta = AttentionMetadata(
-            slot_mapping=self._to_device(step.slot_mapping, torch.int64),
+        meta = self._meta(step, self._to_device(step.slot_mapping, torch.int64))
+        ids = self._to_device(step.input_ids, torch.int64)
+        self._fill_pending(ids, step)
+        return self.model(ids, self._to_device(step.positions, torch.int64), meta)
+
+    def _piecewise(self, step: StepInputs, size: int) -> torch.Tensor:
+        ids = self.pieces.stage(size, step.input_ids, step.positions, step.slot_mapping)
+        self._fill_pending(ids, step)
+        n = len(step.input_ids)
+        return self.pieces.run(size, n, self._meta(step, self.pieces.slot_mapping[:n]))
+
+    def _meta(self, step: StepInputs, slot_mapping: torch.Tensor) -> AttentionMetadata:
+        return AttentionMetadata(
+            slot_mapping=slot_mapping,
             block_tables=self._to_device(step.block_tables, torch.int32),
             seq_lens=self._to_device(step.seq_lens, torch.int32),
             query_start_loc=self._to_device(step.query_start_loc, torch.int32),
@@ -205,9 +223,6 @@ class ModelRunner:
             max_query_len=step.max_query_len,
             max_seq_len=max(step.seq_lens),
         )
-        ids = self._to_device(step.input_ids, torch.int64)
-        self._fill_pending(ids, step)
-        return self.model(ids, self._to_device(step.positions, torch.int64), meta)
 
     def _to_device(self, values: list, dtype: torch.dtype) -> torch.Tensor:
         return to_device(values, dtype, self.device, self.staging)

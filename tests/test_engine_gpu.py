@@ -113,3 +113,26 @@ def test_launching_any_step_never_waits_for_the_gpu():
               for t, s in ((0.0, None), (0.8, 3), (0.0, None), (1.0, None), (0.7, None))]
     outs = llm.generate(prompts, params)
     assert [len(o.token_ids) for o in outs] == [12] * 5 and kinds == {"decode", "mixed", "prefill"}, kinds
+
+
+def test_prefill_and_mixed_steps_replay_piecewise_graphs_and_agree_with_eager():
+    """Prompt chunks and mixed steps run as captured pieces between eager attention calls, padded to the next
+    captured size: fp32 greedy tokens must be the eager engine's."""
+    rng = random.Random(4)
+    prompts = [[rng.randrange(3, 2048) for _ in range(n)] for n in (300, 7, 61, 130, 33)]
+    params = SamplingParams(temperature=0.0, max_tokens=8, min_tokens=8)
+    results, replays = [], []
+    for eager in (True, False):
+        llm = LLM.from_config({"model_type": "qwen3", "architectures": ["Qwen3ForCausalLM"], **SMALL, "head_dim": 128},
+                              dtype="float32", device="cuda", kv_cache_tokens=8192, max_num_batched_tokens=128,
+                              enforce_eager=eager)
+        pieces = llm.engine.runner.pieces
+        assert (pieces is None) == eager
+        if pieces is not None:
+            assert set(pieces.graphs) == set(pieces.sizes) == {16, 32, 64, 128}
+            run = pieces.run
+            pieces.run = lambda size, n, meta: replays.append((size, n)) or run(size, n, meta)
+        results.append([o.token_ids for o in llm.generate(prompts, params)])
+        llm.close()
+    assert results[0] == results[1]
+    assert len(replays) >= 4 and any(size > n for size, n in replays), replays

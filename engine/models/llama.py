@@ -36,13 +36,19 @@ class Attention(nn.Module):
 
     def attend(self, positions: torch.Tensor, qkv: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
         """Everything after the QKV projection, o_proj included (DecoderLayer fuses the norm into qkv_proj)."""
+        q = self.query(positions, qkv, meta.slot_mapping)
+        return self.o_proj(self.attend_to_cache(q, meta).flatten(1))
+
+    def query(self, positions: torch.Tensor, qkv: torch.Tensor, slot_mapping: torch.Tensor) -> torch.Tensor:
+        """The rotated queries [tokens, heads, head_dim]; this step's keys and values go into the cache."""
         q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
         q = q.view(-1, self.num_heads, self.head_dim)
         k = k.view(-1, self.num_kv_heads, self.head_dim)
         v = v.view(-1, self.num_kv_heads, self.head_dim)
-        q = self._rotate_and_store_kv(positions, q, k, v, meta.slot_mapping)
-        out = attend_to_cache(self.backend, q, self.k_cache, self.v_cache, meta, self.scale)
-        return self.o_proj(out.flatten(1))
+        return self._rotate_and_store_kv(positions, q, k, v, slot_mapping)
+
+    def attend_to_cache(self, q: torch.Tensor, meta: AttentionMetadata, out: torch.Tensor | None = None) -> torch.Tensor:
+        return attend_to_cache(self.backend, q, self.k_cache, self.v_cache, meta, self.scale, out)
 
     def _rotate_and_store_kv(self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                              slot_mapping: torch.Tensor) -> torch.Tensor:
@@ -94,6 +100,19 @@ class DecoderLayer(nn.Module):
         # Each norm runs inside the projection after it where the small-batch kernels apply (RMSNorm.project).
         qkv, residual = self.input_layernorm.project(hidden, residual, self.self_attn.qkv_proj)
         hidden = self.self_attn.attend(positions, qkv, meta)
+        return self.mlp_block(hidden, residual)
+
+    def before_attention(self, positions: torch.Tensor, hidden: torch.Tensor, residual: torch.Tensor | None,
+                         slot_mapping: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(rotated queries, residual): what attention needs, with this step's K/V stored (piecewise graphs)."""
+        qkv, residual = self.input_layernorm.project(hidden, residual, self.self_attn.qkv_proj)
+        return self.self_attn.query(positions, qkv, slot_mapping), residual
+
+    def after_attention(self, attn_out: torch.Tensor, residual: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """attn_out [tokens, heads * head_dim] through o_proj and the MLP block: the layer's (hidden, residual)."""
+        return self.mlp_block(self.self_attn.o_proj(attn_out), residual)
+
+    def mlp_block(self, hidden: torch.Tensor, residual: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         gate_up, residual = self.post_attention_layernorm.project(hidden, residual, self.mlp.gate_up_proj)
         return self.mlp.down(gate_up), residual
 
