@@ -146,7 +146,12 @@ class BlockManager:
         return block_id
 
     def _blocks_bytes(self, seq: Sequence, first: int, end: int) -> bytes:
-        """The token ids of seq's blocks first..end-1, as one byte string (bytes_per_block per block)."""
+        """The token ids of seq's blocks first..end-1, as one byte string (bytes_per_block per block). Blocks of
+        the prompt come from its bytes made once: a lookup, the naming and the caching each ask for them."""
+        if end * self.block_size <= seq.num_prompt_tokens:
+            if seq.prompt_bytes is None:
+                seq.prompt_bytes = token_bytes(seq.prompt_token_ids)
+            return seq.prompt_bytes[first * self.bytes_per_block : end * self.bytes_per_block]
         return token_bytes(seq.token_ids[first * self.block_size : end * self.block_size])
 
     def full_block_hashes(self, seq: Sequence, num_tokens: int) -> list[bytes]:

@@ -173,7 +173,9 @@ class ModelRunner:
                 step.pending_from.append(pending[id(seq)])
             step.input_ids.extend(seq.token_ids[begin:end])
             step.positions.extend(range(begin, end))
-            step.slot_mapping.extend(table[p // bs] * bs + p % bs for p in range(begin, end))
+            for b in range(begin // bs, (end - 1) // bs + 1):  # a range of slots per block, not a value per token
+                shift = (table[b] - b) * bs
+                step.slot_mapping.extend(range(shift + max(begin, b * bs), shift + min(end, (b + 1) * bs)))
             step.seq_lens.append(end)
             step.query_start_loc.append(step.query_start_loc[-1] + n)
             step.block_tables.append(table + [0] * (width - len(table)))

@@ -40,6 +40,7 @@ class Sequence:
     finish_reason: str | None = None
     stop_reason: str | int | None = None
     last_token_pending: bool = False
+    prompt_bytes: bytes | None = None  # the block manager's: the prompt's ids as int64 bytes, made once
 
     def __post_init__(self) -> None:
         if not self.token_ids:
