@@ -1,11 +1,13 @@
-"""Where the host time of an eager (prefill or mixed) step goes on a GPU: cProfile over the first step of a burst
-that shares a cached 2,000-token prefix, and over a step of 8,192 new prompt tokens, plus the host cost of one
+"""Where the host time of an eager (prefill or mixed) step goes on a GPU: cProfile over each of the first steps of a
+fresh engine's burst behind a new 2,000-token prefix, over the first step of a burst that shares a cached one, and
+over a step of 8,192 new prompt tokens (with Python's garbage-collection pauses), plus the host cost of one
 launch of each kind the step makes (a Triton kernel, a torch matmul, a torch allocation). Prints JSON.
 
     python benchmarks/eager_host.py [--shape qwen3-0.6b] [--top 30] [--out eager_host.json]
 """
 import argparse
 import cProfile
+import gc
 import json
 import pstats
 import random
@@ -25,12 +27,22 @@ def profiled_step(e: LLMEngine, top: int) -> dict:
     """cProfile over one engine step (launch only: under asynchronous scheduling the tokens are read a step later)."""
     torch.cuda.synchronize()
     prof = cProfile.Profile()
+    pauses: list[float] = []
+
+    def on_gc(phase: str, info: dict) -> None:
+        now = time.perf_counter()
+        if phase == "start":
+            pauses.append(now)
+        else:
+            pauses.append(now - pauses.pop())
+
+    gc.callbacks.append(on_gc)
     t = time.perf_counter()
     prof.enable()
     e.step()
     prof.disable()
     wall = (time.perf_counter() - t) * 1e3
-    torch.cuda.synchronize()
+    gc.callbacks.remove(on_gc)
     stats = pstats.Stats(prof)
     rows = []
     for (file, line, name), (_, ncalls, tottime, cumtime, _) in stats.stats.items():
@@ -38,7 +50,8 @@ def profiled_step(e: LLMEngine, top: int) -> dict:
                      "calls": ncalls, "self_ms": round(tottime * 1e3, 3), "cum_ms": round(cumtime * 1e3, 3)})
     by_self = sorted(rows, key=lambda r: r["self_ms"], reverse=True)[:top]
     by_cum = sorted(rows, key=lambda r: r["cum_ms"], reverse=True)[:top]
-    return {"step_ms_under_cprofile": round(wall, 3), "by_self_time": by_self, "by_cumulative_time": by_cum}
+    return {"step_ms_under_cprofile": round(wall, 3), "gc_pauses_ms": [round(p * 1e3, 3) for p in pauses],
+            "by_self_time": by_self, "by_cumulative_time": by_cum}
 
 
 def launch_costs(n: int = 2000) -> dict:
@@ -84,6 +97,15 @@ def main() -> None:
     rng = random.Random(5)
     system = rand_prompt(rng, 2000, vocab)
     params = SamplingParams(temperature=0.0, max_tokens=4, min_tokens=4)
+    # A fresh engine's first burst behind a new shared prefix (gpu_bench's prefix test), each of its first steps
+    # under cProfile: the first computes the prefix, the second the 63 other prompts, the third is their first decode.
+    llm.generate([rand_prompt(rng, 64, vocab)], params)
+    for _ in range(64):
+        e.add_request(None, system + rand_prompt(rng, 32, vocab), params)
+    res["first_burst_steps"] = [profiled_step(e, args.top) for _ in range(4)]
+    while e.has_unfinished_requests():
+        e.step()
+    system = rand_prompt(rng, 2000, vocab)
     llm.generate([system + rand_prompt(rng, 32, vocab)], params)
     llm.generate([system + rand_prompt(rng, 32, vocab) for _ in range(64)], params)
     for _ in range(64):
