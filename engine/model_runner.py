@@ -157,7 +157,19 @@ class ModelRunner:
                     block_tables=[[0] * width for _ in lens], seq_lens=lens,
                     query_start_loc=[0, *itertools.accumulate(lens)], num_decodes=decodes, max_query_len=q_len,
                     sample_rows=[]))
+        self._warm_row_gathers()
         torch.cuda.synchronize()
+
+    def _warm_row_gathers(self) -> None:
+        """index_select and index_copy_ pick a kernel by how many rows they move (up to 16, or more), and a kernel's
+        first launch loads it and waits for the GPU (CUDA's lazy loading): 13 ms of the first decode step after a
+        fresh engine's first burst on an H200 host. The sampled rows and the pending tokens, each kind once."""
+        hidden = torch.zeros(32, self.model_config.hidden_size, dtype=self.dtype, device=self.device)
+        tokens = torch.zeros(32, dtype=torch.int64, device=self.device)
+        for n in (1, 32):
+            rows = torch.arange(n, device=self.device)
+            hidden.index_select(0, rows)
+            tokens.index_copy_(0, rows, tokens.index_select(0, rows))
 
     def prepare(self, batch: ScheduledBatch, pending: dict[int, int]) -> StepInputs:
         """pending: for each sequence (by id()) whose last token the previous step sampled and the host has not
