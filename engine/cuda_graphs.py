@@ -1,22 +1,11 @@
 """Decode steps, LM head included, replayed from CUDA graphs captured at a ladder of batch sizes (prefill and mixed
 steps: engine.piecewise_graphs)."""
-from collections.abc import Iterable
-
 import torch
 
 from engine.attention import AttentionMetadata
 from engine.host_copy import PinnedStaging
 
 MAX_GRAPH_BATCH = 256
-
-
-def upload(graphs: Iterable[torch.cuda.CUDAGraph]) -> None:
-    """Replays each graph once: a graph's first launch also uploads it to the device, which took 14 to 19 ms for a
-    28-layer decode graph on an H200 host, paid by the first step of each size otherwise. The replays compute on
-    the buffers as they are (no slots: nothing reaches the KV cache)."""
-    for graph in graphs:
-        graph.replay()
-    torch.cuda.synchronize()
 
 
 class DecodeGraphs:
@@ -54,7 +43,7 @@ class DecodeGraphs:
                 out = self._logits(size)
             pool = graph.pool()
             self.graphs[size] = (graph, out)
-        upload(graph for graph, _ in self.graphs.values())
+        torch.cuda.synchronize()
 
     def size_for(self, num_tokens: int, num_decodes: int) -> int | None:
         if num_decodes != num_tokens:

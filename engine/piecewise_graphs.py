@@ -9,7 +9,6 @@ temporaries are dead by the time it returns."""
 import torch
 
 from engine.attention import AttentionMetadata
-from engine.cuda_graphs import upload
 from engine.host_copy import PinnedStaging
 
 MIN_TOKENS = 16
@@ -79,7 +78,7 @@ class PiecewiseGraphs:
                 pool = graph.pool()
                 graphs.append(graph)
             self.graphs[size] = graphs
-        upload(graph for graphs in self.graphs.values() for graph in graphs)
+        torch.cuda.synchronize()
         torch.cuda.empty_cache()  # the warm-up runs' blocks: every step up to the top size now runs in the pool
 
     def size_for(self, num_tokens: int) -> int | None:
