@@ -7,12 +7,14 @@ exists (for rope+store_kv: the rotary and store_kv launches it fuses; for qk_nor
 launches and the rope+store_kv launch it fuses). Prints a short table, writes everything to --out as JSON.
 
 The gemv section times the small-batch fused projections (engine.kernels.gemv) against today's launches inside
-CUDA graphs, as a decode step runs them (see gemv_rows).
+CUDA graphs, as a decode step runs them (see gemv_rows). The extend_gqa section times the per-head extend kernel
+against the GQA-packed one on short queries over a cached prefix (see extend_gqa_rows).
 
-    python benchmarks/kernels_gpu.py --out kernels.json [--no-sweep] [--only gemv ...]
+    python benchmarks/kernels_gpu.py --out kernels.json [--no-sweep] [--only gemv extend_gqa ...]
 """
 import argparse
 import datetime
+import functools
 import json
 import math
 import statistics
@@ -146,6 +148,43 @@ def extend_rows(ceil: dict, configs: tuple = (None,), shapes: list[str] | None =
                 cfg_used = {**extend_attention.extend_config(d, new), **(cfg or {})}
                 rows.append(row("extend", shape, f"new={new} cached={cached}", seconds, nbytes, ceil, err, baseline,
                                 flops, config=cfg_used))
+    return rows
+
+
+# (shape, sequences, new tokens each, cached tokens each): a mixed step's extends behind a shared 2,000-token
+# prefix, Qwen2.5-7B's group of 7 on short chunks, and one fresh prompt that paged_extend keeps on the per-head kernel.
+EXTEND_GQA_CASES = (("qwen3-0.6b", 63, 32, 2000), ("qwen2.5-7b", 64, 16, 1024), ("qwen3-0.6b", 1, 2032, 0))
+
+
+def extend_gqa_rows(ceil: dict) -> list[dict]:
+    """The per-head extend kernel (baseline column) against the GQA-packed one (us column), each launched directly,
+    whatever paged_extend would pick (dispatch column). rel_err: each kernel against the PyTorch reference, the
+    packed row the larger of that and its difference from the per-head kernel's output."""
+    rows = []
+    for shape, batch, new, cached in EXTEND_GQA_CASES:
+        hq, hkv, d, _, _ = SHAPES[shape]
+        total = cached + new
+        k_cache, v_cache, tables = paged_pool(batch, total, hkv, d)
+        q = torch.randn(batch * new, hq, d, device=DEV, dtype=DT)
+        starts = torch.arange(batch + 1, device=DEV, dtype=torch.int32) * new
+        lens = torch.full((batch,), total, dtype=torch.int32, device=DEV)
+        args = (q, k_cache, v_cache, tables, starts, lens, new, d**-0.5)
+        expected = ref.paged_extend(*args)
+        outs = {packed: torch.empty_like(q) for packed in (False, True)}
+        launches = {packed: functools.partial(extend_attention.launch_extend, q, k_cache, v_cache, outs[packed],
+                                              tables, starts, lens, new, d**-0.5, packed) for packed in outs}
+        for launch in launches.values():
+            launch()
+        per_head_s, packed_s = timed(launches[False]), timed(launches[True])
+        dispatch = "packed" if extend_attention.packs_gqa(hq // hkv, new) else "per-head"
+        flops = 4 * d * hq * batch * (new * cached + new * (new + 1) / 2)
+        nbytes = batch * 2 * total * hkv * d * 2 + 2 * q.nbytes
+        case = f"{batch}x new={new} cached={cached}"
+        rows.append(row("extend per-head", shape, case, per_head_s, nbytes, ceil, rel_err(outs[False], expected),
+                        flops=flops, dispatch=dispatch))
+        err = max(rel_err(outs[True], expected), rel_err(outs[True], outs[False]))
+        rows.append(row("extend packed", shape, case, packed_s, nbytes, ceil, err, per_head_s, flops,
+                        ratio=per_head_s / packed_s, dispatch=dispatch))
     return rows
 
 
@@ -345,9 +384,11 @@ def print_table(rows: list[dict]) -> None:
         tf = f"{r['TFLOPs']:6.0f}" if "TFLOPs" in r else " " * 6
         base = f"{r['baseline_us']:9.1f}" if r["baseline_us"] is not None else " " * 9
         extra = f" splits={r['splits']}" if "splits" in r else ""
-        if "ratio" in r:
+        if "policy" in r:
             default = "fused" if r["policy"] else "cuBLAS"
             extra += f" speedup {r['ratio']:.2f}x base {r['baseline_GBps']:.0f} GB/s default={default}"
+        if "dispatch" in r:
+            extra += (f" speedup {r['ratio']:.2f}x" if "ratio" in r else "") + f" dispatch={r['dispatch']}"
         if r.get("config"):
             extra += " " + ",".join(f"{k}={v}" for k, v in r["config"].items())
         print(f"{r['kernel']:21s} {r['shape']:12s} {r['case']:24s} {r['us']:9.1f} {r['GBps']:7.0f} "
@@ -366,6 +407,7 @@ def fastest(rows: list[dict]) -> list[dict]:
 SECTIONS = {
     "decode": decode_rows,
     "extend": extend_rows,
+    "extend_gqa": extend_gqa_rows,
     "helpers": helper_rows,
     "rope": lambda ceil: rotary_store_kv_rows(ceil) + rotary_store_kv_rows(ceil, qk_norm=True),
     "gemv": gemv_rows,

@@ -72,6 +72,10 @@ def cases() -> dict[str, tuple]:
             t, kc, kc, t, bt, qsl, sl, 0.1, t.stride(0), t.stride(1), t.stride(0), t.stride(1), bt.stride(0)),
             dict(NUM_HEADS=hq, NUM_KV_HEADS=hkv, HEAD_DIM=d, BLOCK_SIZE=bs, BLOCK_D=d, UPCAST=False,
                  PRECISION="tf32", **extend_attention.extend_config(d, 1024)))
+        out[f"extend packed {name}"] = (extend_attention._extend_packed_kernel, (
+            t, kc, kc, t, bt, qsl, sl, 0.1, t.stride(0), t.stride(1), t.stride(0), t.stride(1), bt.stride(0)),
+            dict(NUM_HEADS=hq, NUM_KV_HEADS=hkv, HEAD_DIM=d, BLOCK_SIZE=bs, BLOCK_D=d, UPCAST=False,
+                 PRECISION="tf32", **extend_attention.extend_config(d, extend_attention.PACKED_MAX_QUERY_LEN)))
         kv = torch.empty(1024, hq + 2 * hkv, d, dtype=bf16)
         k, v = kv[:, hq:hq + hkv], kv[:, hq + hkv:]
         slots = torch.zeros(1024, dtype=torch.int64)
