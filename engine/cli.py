@@ -35,6 +35,8 @@ def serve(
     tensor_parallel_size: Annotated[int, typer.Option(min=1, help="GPUs (or CPU processes) to shard over")] = 1,
     disable_custom_all_reduce: Annotated[bool, typer.Option(
         "--disable-custom-all-reduce", help="with tensor parallelism, send every all-reduce through NCCL")] = False,
+    enforce_eager: Annotated[bool, typer.Option(
+        "--enforce-eager", help="run every step eagerly: no CUDA graphs for decode, prefill or mixed steps")] = False,
     async_scheduling: Annotated[bool | None, typer.Option(
         "--async-scheduling/--no-async-scheduling",
         help="schedule and launch the next step before reading this step's tokens; default: on a GPU")] = None,
@@ -67,7 +69,8 @@ def serve(
                          kv_cache_tokens=kv_cache_tokens, max_model_len=max_model_len,
                          enable_prefix_caching=not no_prefix_caching, seed=seed,
                          tensor_parallel_size=tensor_parallel_size,
-                         disable_custom_all_reduce=disable_custom_all_reduce, async_scheduling=async_scheduling)
+                         disable_custom_all_reduce=disable_custom_all_reduce, async_scheduling=async_scheduling,
+                         enforce_eager=enforce_eager)
     args = ServeArgs(model, host, port, api_key, list(served_model_name or []), max_waiting, tokenizer,
                      log_level.lower(), access_log, engine_kwargs, request_log=request_log, sock=sock)
     try:

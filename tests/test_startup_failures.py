@@ -252,3 +252,21 @@ def test_ctrl_c_while_tensor_parallel_starts_ends_everything_in_seconds(guarded_
 
     done, _ = run_script(script, model, timeout_s=60, meanwhile=ctrl_c)
     assert workers and done.returncode != 0 and "KeyboardInterrupt" in done.stderr
+
+
+def test_serve_options_reach_the_engine(monkeypatch):
+    """--enforce-eager (no CUDA graphs at all, for debugging a graph) and --no-async-scheduling end up in the
+    engine's arguments; the server itself is not started."""
+    from typer.testing import CliRunner
+
+    import engine.server.serve as serve_module
+    from engine.cli import app
+
+    seen = {}
+    monkeypatch.setattr(serve_module, "serve", lambda args: seen.update(args.engine_kwargs))
+    result = CliRunner().invoke(app, ["serve", "random:qwen3-0.6b", "--port", "0", "--enforce-eager",
+                                      "--no-async-scheduling"])
+    assert result.exit_code == 0, result.output
+    assert seen["enforce_eager"] is True and seen["async_scheduling"] is False
+    result = CliRunner().invoke(app, ["serve", "random:qwen3-0.6b", "--port", "0"])
+    assert result.exit_code == 0 and seen["enforce_eager"] is False and seen["async_scheduling"] is None
