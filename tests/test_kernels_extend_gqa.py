@@ -89,9 +89,10 @@ def check_extend(E: ModuleType, prefixes: list[int], query_lens: list[int], head
         tables[s, :blocks] = torch.tensor(ids[:blocks], dtype=torch.int32)
         ids = ids[blocks:]
         pos = torch.arange(n)
-        slots = tables[s].long()[pos // block_size] * block_size + pos % block_size
+        slots = (tables[s].long()[pos // block_size] * block_size + pos % block_size).to(DEVICE)
         for cache in (k_cache, v_cache):
-            cache.view(-1, kv_heads, head_dim)[slots] = torch.randn(n, kv_heads, head_dim, generator=gen).to(dtype)
+            values = torch.randn(n, kv_heads, head_dim, generator=gen)
+            cache.view(-1, kv_heads, head_dim)[slots] = values.to(dtype=dtype, device=DEVICE)
     tables = tables.to(DEVICE)
 
     tokens = sum(query_lens)
