@@ -11,15 +11,11 @@ import torch
 from engine.attention import AttentionMetadata
 from engine.host_copy import PinnedStaging
 
-MIN_TOKENS = 16
-
-
 def capture_sizes(max_tokens: int) -> list[int]:
-    """Powers of two to 512, then steps of 256 to 2,048 and of 512 beyond: a step is padded by at most 512 tokens
-    (12% at 4,096), and there are about 24 sizes for an 8,192-token budget."""
+    """Powers of two from 16 to 512, then steps of 256 to 2,048 and of 512 beyond, ending at the step budget: a step
+    is padded by at most 512 tokens (12% at 4,096), and there are 24 sizes for an 8,192-token budget."""
     ladder = [16, 32, 64, 128, 256, 512, *range(768, 2049, 256), *range(2560, max(max_tokens, 2560) + 1, 512)]
-    sizes = [s for s in ladder if s < max_tokens]
-    return sizes + [max_tokens] if max_tokens >= MIN_TOKENS else sizes
+    return [s for s in ladder if s < max_tokens] + [max_tokens]
 
 
 class PiecewiseGraphs:
