@@ -1,8 +1,6 @@
 """Owns the model and its KV pool; turns a scheduled batch into one forward pass and sampled tokens."""
 import gc
 import itertools
-import logging
-import os
 
 import torch
 import torch.distributed as dist
@@ -14,15 +12,13 @@ from engine.cuda_graphs import MAX_GRAPH_BATCH, DecodeGraphs
 from engine.custom_all_reduce import try_custom_all_reduce
 from engine.host_copy import PinnedStaging, to_device
 from engine.kernels.late_compiles import watch_late_compiles
+from engine.kv_sizing import count_kv_blocks
 from engine.parallel import set_custom_all_reduce, tp_size
 from engine.piecewise_graphs import PiecewiseGraphs
 from engine.sampler import Sampler, SampledTokens
 from engine.scheduler import ScheduledBatch
 from engine.sequence import PENDING, Sequence
 from engine.step_inputs import StepInputs
-
-CPU_KV_BUDGET_BYTES = 2 << 30
-logger = logging.getLogger("engine")
 
 
 class ModelRunner:
@@ -42,7 +38,7 @@ class ModelRunner:
         kv = self.attn_layers[0]
         self.kv_bytes_per_token = 2 * len(self.attn_layers) * kv.num_kv_heads * kv.head_dim * dtype.itemsize
         self.all_reduce = self._init_all_reduce()
-        self.num_blocks = self._count_blocks()
+        self.num_blocks = count_kv_blocks(config, model_config, device, self.kv_bytes_per_token, max_model_len)
         shape = (self.num_blocks, self.block_size, kv.num_kv_heads, kv.head_dim)
         for layer in self.attn_layers:
             layer.k_cache = torch.zeros(shape, dtype=dtype, device=device)
@@ -90,55 +86,6 @@ class ModelRunner:
             self.graphs = self.pieces = None
             gc.collect()
             torch.cuda.synchronize()
-
-    def _count_blocks(self) -> int:
-        if self.config.kv_cache_tokens is not None:
-            tokens = self._checked_kv_cache_tokens()
-        elif self.device.type == "cuda":
-            free, total = torch.cuda.mem_get_info(self.device)
-            reserve = self._activation_reserve_bytes()
-            tokens = int((total * self.config.kv_cache_fraction - (total - free) - reserve) // self.kv_bytes_per_token)
-        else:
-            tokens = max(CPU_KV_BUDGET_BYTES // self.kv_bytes_per_token, self.max_model_len)
-        blocks = tokens // self.block_size
-        if tp_size() > 1:
-            agreed = torch.tensor([blocks], device=self.device)
-            dist.all_reduce(agreed, op=dist.ReduceOp.MIN)
-            blocks = int(agreed.item())
-        if blocks < 1:
-            raise ValueError(f"no room for the KV cache ({tokens} tokens fit); raise kv_cache_fraction, "
-                             f"set kv_cache_tokens, or use a smaller model or more GPUs")
-        return blocks
-
-    def _checked_kv_cache_tokens(self) -> int:
-        """The user's kv_cache_tokens: refused beyond the memory there is, warned about where it is rounded or
-        shorter than the context."""
-        tokens, bs = self.config.kv_cache_tokens, self.block_size
-        if self.device.type == "cuda":
-            room, where = torch.cuda.mem_get_info(self.device)[0], f"{self.device} has free"
-        else:
-            room, where = available_host_memory() // tp_size(), "this host has available"
-            if tp_size() > 1:
-                where = f"each of the {tp_size()} ranks on this host has"
-        fit = room // self.kv_bytes_per_token
-        if tokens > fit:
-            need = tokens * self.kv_bytes_per_token / 2**30
-            raise ValueError(f"kv_cache_tokens (--kv-cache-tokens) {tokens} needs {need:.1f} GiB of KV cache, but "
-                             f"{where} {room / 2**30:.1f} GiB: at most {fit} tokens fit; lower it, or leave it out "
-                             f"to size the cache by kv_cache_fraction")
-        if tokens % bs:
-            logger.warning("kv_cache_tokens %d is not a multiple of block_size %d: the KV cache holds %d tokens",
-                           tokens, bs, tokens // bs * bs)
-        if tokens // bs * bs < self.max_model_len:
-            logger.warning("kv_cache_tokens %d is below the context of %d tokens: a request longer than the KV cache "
-                           "is refused", tokens // bs * bs, self.max_model_len)
-        return tokens
-
-    def _activation_reserve_bytes(self) -> int:
-        c = self.model_config
-        per_token = (4 * c.hidden_size + 2 * c.intermediate_size + 3 * c.num_attention_heads * c.head_dim) * 4
-        logits = self.config.max_num_seqs * c.vocab_size * 4 * 3
-        return self.config.max_num_batched_tokens * per_token + logits + (1 << 30)
 
     @torch.inference_mode()
     def warmup(self) -> None:
@@ -267,14 +214,3 @@ class ModelRunner:
             dist.broadcast(tokens, src=0)
         self.last_sampled = tokens
 
-
-def available_host_memory() -> int:
-    """MemAvailable (what can be allocated without swapping), or all physical memory where /proc is absent."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
