@@ -53,6 +53,25 @@ def _attend_tile(acc, m_i, l_i, q, k_cache_ptr, v_cache_ptr, table, q_pos, kv_he
     return acc, m_i, l_i
 
 
+@triton.jit
+def _attend_causal(q, q_pos, k_cache_ptr, v_cache_ptr, table, kv_head, visible_to_all, causal_end, seq_len, qk_scale,
+                   offs_n, offs_d, NUM_KV_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_SIZE: tl.constexpr,
+                   BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, UPCAST: tl.constexpr,
+                   PRECISION: tl.constexpr):
+    """The normalised attention of q's rows (at positions q_pos): unmasked over the keys every row sees, then masked
+    over the diagonal up to causal_end."""
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    acc, m_i, l_i = _attend_tile(acc, m_i, l_i, q, k_cache_ptr, v_cache_ptr, table, q_pos, kv_head, 0,
+                                 visible_to_all, seq_len, qk_scale, offs_n, offs_d, NUM_KV_HEADS, HEAD_DIM,
+                                 BLOCK_SIZE, BLOCK_D, BLOCK_N, False, UPCAST, PRECISION)
+    acc, m_i, l_i = _attend_tile(acc, m_i, l_i, q, k_cache_ptr, v_cache_ptr, table, q_pos, kv_head, visible_to_all,
+                                 causal_end, seq_len, qk_scale, offs_n, offs_d, NUM_KV_HEADS, HEAD_DIM, BLOCK_SIZE,
+                                 BLOCK_D, BLOCK_N, True, UPCAST, PRECISION)
+    return acc / tl.where(l_i > 0, l_i, 1.0)[:, None]
+
+
 # As in decode_attention: no specialization on what varies with a step's make-up (the block-table width, and the
 # offsets of a mixed step's extend half of the metadata), so serving never waits for a new variant to compile.
 @triton.jit(do_not_specialize=["stride_bt"],
@@ -85,19 +104,12 @@ def _extend_kernel(q_ptr, k_cache_ptr, v_cache_ptr, out_ptr, block_tables_ptr, q
         q = q.to(tl.float32)
     q_pos = prefix + offs_m
 
-    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
-    l_i = tl.zeros([BLOCK_M], tl.float32)
-    acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
     table = block_tables_ptr + seq.to(tl.int64) * stride_bt
     visible_to_all = (prefix + tile * BLOCK_M) // BLOCK_N * BLOCK_N
     causal_end = tl.minimum(seq_len, prefix + (tile + 1) * BLOCK_M)
-    acc, m_i, l_i = _attend_tile(acc, m_i, l_i, q, k_cache_ptr, v_cache_ptr, table, q_pos, kv_head, 0,
-                                 visible_to_all, seq_len, qk_scale, offs_n, offs_d, NUM_KV_HEADS, HEAD_DIM,
-                                 BLOCK_SIZE, BLOCK_D, BLOCK_N, False, UPCAST, PRECISION)
-    acc, m_i, l_i = _attend_tile(acc, m_i, l_i, q, k_cache_ptr, v_cache_ptr, table, q_pos, kv_head, visible_to_all,
-                                 causal_end, seq_len, qk_scale, offs_n, offs_d, NUM_KV_HEADS, HEAD_DIM, BLOCK_SIZE,
-                                 BLOCK_D, BLOCK_N, True, UPCAST, PRECISION)
-    acc = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]
+    acc = _attend_causal(q, q_pos, k_cache_ptr, v_cache_ptr, table, kv_head, visible_to_all, causal_end, seq_len,
+                         qk_scale, offs_n, offs_d, NUM_KV_HEADS, HEAD_DIM, BLOCK_SIZE, BLOCK_D, BLOCK_M, BLOCK_N,
+                         UPCAST, PRECISION)
     tl.store(out_ptr + tokens[:, None] * stride_ot + head * stride_oh + offs_d[None, :],
              acc.to(out_ptr.dtype.element_ty), mask=m_mask[:, None] & d_mask[None, :])
 
@@ -134,21 +146,14 @@ def _extend_packed_kernel(q_ptr, k_cache_ptr, v_cache_ptr, out_ptr, block_tables
         q = q.to(tl.float32)
     q_pos = prefix + token
 
-    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
-    l_i = tl.zeros([BLOCK_M], tl.float32)
-    acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
     table = block_tables_ptr + seq.to(tl.int64) * stride_bt
     first_token = tile * BLOCK_M // GROUP
     last_token = ((tile + 1) * BLOCK_M - 1) // GROUP
     visible_to_all = (prefix + first_token) // BLOCK_N * BLOCK_N
     causal_end = tl.minimum(seq_len, prefix + last_token + 1)
-    acc, m_i, l_i = _attend_tile(acc, m_i, l_i, q, k_cache_ptr, v_cache_ptr, table, q_pos, kv_head, 0,
-                                 visible_to_all, seq_len, qk_scale, offs_n, offs_d, NUM_KV_HEADS, HEAD_DIM,
-                                 BLOCK_SIZE, BLOCK_D, BLOCK_N, False, UPCAST, PRECISION)
-    acc, m_i, l_i = _attend_tile(acc, m_i, l_i, q, k_cache_ptr, v_cache_ptr, table, q_pos, kv_head, visible_to_all,
-                                 causal_end, seq_len, qk_scale, offs_n, offs_d, NUM_KV_HEADS, HEAD_DIM, BLOCK_SIZE,
-                                 BLOCK_D, BLOCK_N, True, UPCAST, PRECISION)
-    acc = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]
+    acc = _attend_causal(q, q_pos, k_cache_ptr, v_cache_ptr, table, kv_head, visible_to_all, causal_end, seq_len,
+                         qk_scale, offs_n, offs_d, NUM_KV_HEADS, HEAD_DIM, BLOCK_SIZE, BLOCK_D, BLOCK_M, BLOCK_N,
+                         UPCAST, PRECISION)
     tl.store(out_ptr + tokens[:, None] * stride_ot + heads[:, None] * stride_oh + offs_d[None, :],
              acc.to(out_ptr.dtype.element_ty), mask=row_mask[:, None] & d_mask[None, :])
 
