@@ -5,7 +5,6 @@ compiled, and the `gpu` tests add full model shapes, CUDA-graph capture and a no
 Every output buffer the kernels allocate is poisoned (NaN / -1) so unwritten elements fail; unused cache slots and
 block-table padding point at NaN KV, so a kernel reading past a sequence fails too.
 """
-import importlib
 import json
 import math
 import os
@@ -16,12 +15,10 @@ from pathlib import Path
 import pytest
 import torch
 
-HAS_CUDA = torch.cuda.is_available()
-_SAVED_INTERPRET = os.environ.get("TRITON_INTERPRET")
-if not HAS_CUDA and "triton" in sys.modules and _SAVED_INTERPRET != "1":
-    # triton's own @jit helpers (tl.cdiv, reductions, tl.rand) are bound to the mode seen at its first import.
-    pytest.skip("triton was imported before TRITON_INTERPRET=1 was set; set it in tests/conftest.py on CPU hosts",
-                allow_module_level=True)
+from tests.triton_interpreter import (HAS_CUDA, forget_kernels, kernel_module, restore_interpret_setting,
+                                     skip_module_if_triton_came_first)
+
+skip_module_if_triton_came_first()
 if not HAS_CUDA:
     os.environ["TRITON_INTERPRET"] = "1"
 pytest.importorskip("triton")
@@ -32,28 +29,8 @@ from engine.layers.norm import RMSNorm  # noqa: E402
 from engine.layers.rotary import RotaryEmbedding  # noqa: E402
 from tests.kernel_launches import record_launches  # noqa: E402
 
-
-def _forget_kernels() -> None:
-    for name in [m for m in sys.modules if m.startswith("engine.kernels")]:
-        del sys.modules[name]
-
-
-def _load_kernels():
-    common = sys.modules.get("engine.kernels.common")
-    if common is not None and common.INTERPRET != (os.environ.get("TRITON_INTERPRET") == "1"):
-        _forget_kernels()
-    return importlib.import_module("engine.kernels")
-
-
-def _restore_interpret_setting() -> None:
-    if _SAVED_INTERPRET is None:
-        os.environ.pop("TRITON_INTERPRET", None)
-    else:
-        os.environ["TRITON_INTERPRET"] = _SAVED_INTERPRET
-
-
-K = _load_kernels()
-_restore_interpret_setting()
+K = kernel_module("engine.kernels")
+restore_interpret_setting()
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -64,8 +41,8 @@ def interpreter_only_here():
         return
     os.environ["TRITON_INTERPRET"] = "1"
     yield
-    _restore_interpret_setting()
-    _forget_kernels()
+    restore_interpret_setting()
+    forget_kernels()
 
 
 DEVICE = torch.device("cuda" if HAS_CUDA else "cpu")

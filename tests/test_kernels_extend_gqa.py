@@ -4,20 +4,16 @@ PyTorch reference, and paged_extend's choice between it and the per-head kernel.
 Without CUDA the kernels run in Triton's interpreter, as in tests/test_kernels.py. Outputs start as NaN, unused cache
 slots and block-table padding point at NaN K/V, so an unwritten row or a read past a sequence fails.
 """
-import importlib
 import math
-import os
 import sys
 from types import ModuleType
 
 import pytest
 import torch
 
-HAS_CUDA = torch.cuda.is_available()
-_SAVED_INTERPRET = os.environ.get("TRITON_INTERPRET")
-if not HAS_CUDA and "triton" in sys.modules and _SAVED_INTERPRET != "1":
-    pytest.skip("triton was imported before TRITON_INTERPRET=1 was set; set it in tests/conftest.py on CPU hosts",
-                allow_module_level=True)
+from tests.triton_interpreter import HAS_CUDA, interpreter_for_module, kernel_module, skip_module_if_triton_came_first
+
+skip_module_if_triton_came_first()
 pytest.importorskip("triton")
 
 from engine import attention as ref  # noqa: E402
@@ -30,37 +26,13 @@ PREFIXES, QUERY_LENS = (0, 17, 100), (1, 5, 32, 64)
 HEADS = {1: (2, 2), 2: (4, 2), 4: (8, 2), 7: (7, 1), 5: (10, 2)}
 
 
-def _restore_interpret_setting() -> None:
-    if _SAVED_INTERPRET is None:
-        os.environ.pop("TRITON_INTERPRET", None)
-    else:
-        os.environ["TRITON_INTERPRET"] = _SAVED_INTERPRET
-
-
-def _forget_kernels() -> None:
-    for name in [m for m in sys.modules if m.startswith("engine.kernels")]:
-        del sys.modules[name]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def interpreter_only_here():
-    """Without CUDA the interpreter is on only while this module's tests run; other modules see triton as it was."""
-    switched = not HAS_CUDA and _SAVED_INTERPRET != "1"
-    if switched:
-        os.environ["TRITON_INTERPRET"] = "1"
-    yield
-    if switched:
-        _restore_interpret_setting()
-        _forget_kernels()
+interpreter_only_here = pytest.fixture(autouse=True, scope="module")(interpreter_for_module)
 
 
 @pytest.fixture
 def E() -> ModuleType:
     """engine.kernels.extend_attention as loaded now (another test module may have dropped the kernels since)."""
-    common = sys.modules.get("engine.kernels.common")
-    if common is not None and common.INTERPRET != (os.environ.get("TRITON_INTERPRET") == "1"):
-        _forget_kernels()
-    return importlib.import_module("engine.kernels.extend_attention")
+    return kernel_module("engine.kernels.extend_attention")
 
 
 @pytest.fixture

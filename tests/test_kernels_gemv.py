@@ -5,18 +5,13 @@ kernels round (norm, SiLU*mul, output) and as they round: the interpreter trunca
 to nearest, so `_round` truncates too when interpreting. Outputs then agree to the last bit except where fp32
 accumulation order flips a rounding; a wrong rounding order, a missing residual or norm weight changes most of them.
 """
-import importlib
-import os
-import sys
 
 import pytest
 import torch
 
-HAS_CUDA = torch.cuda.is_available()
-_SAVED_INTERPRET = os.environ.get("TRITON_INTERPRET")
-if not HAS_CUDA and "triton" in sys.modules and _SAVED_INTERPRET != "1":
-    pytest.skip("triton was imported before TRITON_INTERPRET=1 was set; set it in tests/conftest.py on CPU hosts",
-                allow_module_level=True)
+from tests.triton_interpreter import HAS_CUDA, interpreter_for_module, kernel_module, skip_module_if_triton_came_first
+
+skip_module_if_triton_came_first()
 pytest.importorskip("triton")
 
 from engine import attention as ref  # noqa: E402
@@ -27,39 +22,14 @@ BF16, F32 = torch.bfloat16, torch.float32
 EPS = 1e-6
 
 
-def _restore_interpret_setting() -> None:
-    if _SAVED_INTERPRET is None:
-        os.environ.pop("TRITON_INTERPRET", None)
-    else:
-        os.environ["TRITON_INTERPRET"] = _SAVED_INTERPRET
-
-
-def _forget_kernels() -> None:
-    for name in [m for m in sys.modules if m.startswith("engine.kernels")]:
-        del sys.modules[name]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def interpreter_only_here():
-    """Without CUDA the interpreter is on only while this module's tests run; other modules see triton as it was.
-    Where it was on already (tests/conftest.py) the kernels stay loaded: other modules hold references to them."""
-    switched = not HAS_CUDA and _SAVED_INTERPRET != "1"
-    if switched:
-        os.environ["TRITON_INTERPRET"] = "1"
-    yield
-    if switched:
-        _restore_interpret_setting()
-        _forget_kernels()
+interpreter_only_here = pytest.fixture(autouse=True, scope="module")(interpreter_for_module)
 
 
 @pytest.fixture
 def G():
     """engine.kernels.gemv as the model layers will import it during this test (another module may have dropped
     the kernels from sys.modules since collection)."""
-    common = sys.modules.get("engine.kernels.common")
-    if common is not None and common.INTERPRET != (os.environ.get("TRITON_INTERPRET") == "1"):
-        _forget_kernels()
-    return importlib.import_module("engine.kernels.gemv")
+    return kernel_module("engine.kernels.gemv")
 
 
 def _randn(*shape: int, dtype: torch.dtype, gen: torch.Generator, scale: float = 1.0) -> torch.Tensor:
