@@ -8,6 +8,19 @@ from engine.host_copy import PinnedStaging
 MAX_GRAPH_BATCH = 256
 
 
+def stage_tokens(packed: torch.Tensor, staging: PinnedStaging | None, size: int, ids: list[int],
+                 positions: list[int], slots: list[int]) -> None:
+    """A step's token ids, positions and slots into a graph's [3, capacity] buffer in one copy, padded to size
+    (token 0 at position 0, no slot: nothing reaches the KV cache)."""
+    n = len(ids)
+    host = staging.host((3, size), torch.int64) if staging is not None else torch.empty(3, size, dtype=torch.int64)
+    rows = host.numpy()
+    rows[:, n:] = 0
+    rows[2, n:] = -1
+    rows[0, :n], rows[1, :n], rows[2, :n] = ids, positions, slots
+    packed[:, :size].copy_(host, non_blocking=True)
+
+
 class DecodeGraphs:
     def __init__(self, model: torch.nn.Module, max_batch: int, max_blocks: int, max_seq_len: int,
                  device: torch.device, staging: PinnedStaging) -> None:
@@ -54,12 +67,7 @@ class DecodeGraphs:
               block_tables: list[list[int]]) -> torch.Tensor:
         """Copies a step's inputs into the graph's buffers; returns the token-id buffer for last-moment fills."""
         n = len(ids)
-        packed = self.staging.host((3, size), torch.int64)
-        rows = packed.numpy()
-        rows[:, n:] = 0
-        rows[2, n:] = -1
-        rows[0, :n], rows[1, :n], rows[2, :n] = ids, positions, slots
-        self.packed[:, :size].copy_(packed, non_blocking=True)
+        stage_tokens(self.packed, self.staging, size, ids, positions, slots)
         lens = self.staging.host((size,), torch.int32)
         lens.numpy()[:n] = seq_lens
         lens.numpy()[n:] = 0

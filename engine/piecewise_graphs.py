@@ -9,6 +9,7 @@ temporaries are dead by the time it returns."""
 import torch
 
 from engine.attention import AttentionMetadata
+from engine.cuda_graphs import stage_tokens
 from engine.host_copy import PinnedStaging
 
 def capture_sizes(max_tokens: int) -> list[int]:
@@ -81,15 +82,8 @@ class PiecewiseGraphs:
         return next((s for s in self.sizes if s >= num_tokens), None)
 
     def stage(self, size: int, ids: list[int], positions: list[int], slots: list[int]) -> torch.Tensor:
-        """Copies a step's token inputs into the graphs' buffers (padding: token 0 at position 0, no slot); returns
-        the token-id buffer for last-moment fills."""
-        n = len(ids)
-        packed = self.staging.host((3, size), torch.int64) if self.staging else torch.empty(3, size, dtype=torch.int64)
-        rows = packed.numpy()
-        rows[:2, n:] = 0
-        rows[2, n:] = -1
-        rows[0, :n], rows[1, :n], rows[2, :n] = ids, positions, slots
-        self.packed[:, :size].copy_(packed, non_blocking=True)
+        """Copies a step's token inputs into the graphs' buffers; returns the token-id buffer for last-moment fills."""
+        stage_tokens(self.packed, self.staging, size, ids, positions, slots)
         return self.input_ids
 
     def run(self, size: int, n: int, meta: AttentionMetadata) -> torch.Tensor:
