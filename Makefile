@@ -14,7 +14,9 @@ BENCH_SET := $(if $(OLLAMA_URL),--set backends.ollama-q4.url=$(OLLAMA_URL) --set
 
 .PHONY: install test bench ollama ollama-url llamacpp browser clean
 
+# A first install peaks near 10 GiB (torch's CUDA libraries downloaded, then unpacked); an upgrade needs far less.
 $(STAMP): pyproject.toml
+	bash scripts/check_space.sh $(VENV) $$(test -x $(PY) && echo 2 || echo 10) "installing the Python packages into $(VENV)"
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test]'

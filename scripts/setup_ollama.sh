@@ -35,6 +35,7 @@ if [ -x "$bin" ] && [ "$(cat "$prefix/build-info.txt" 2>/dev/null)" = "$info" ];
   exit 0
 fi
 
+bash "$here/check_space.sh" "$cache" 2 "building Ollama (Go's module and build caches under $cache)"
 command -v go >/dev/null || die "Go is not installed; Ollama $version needs Go >= 1.26 (https://go.dev/doc/install)"
 for tool in cc c++; do
   command -v "$tool" >/dev/null || die "$tool not found; install a C/C++ compiler (Debian: apt-get install build-essential)"

@@ -380,3 +380,39 @@ load:
     [backend] = RunInfo.model_validate_json((run / "run.json").read_text()).backends
     assert backend.info["executable"] == os.path.realpath(sys.executable)
     assert backend.version
+
+
+def small_disk(bin_dir: Path, free_kib: int) -> dict[str, str]:
+    """A `df` stub first on PATH that reports every disk with this much room left (what `df -Pk` prints)."""
+    bin_dir.mkdir(exist_ok=True)
+    write_exe(bin_dir / "df", f"""#!/usr/bin/env bash
+echo "Filesystem 1024-blocks Used Available Capacity Mounted on"
+echo "/dev/stub 100000000 99000000 {free_kib} 99% /stubdisk"
+""")
+    return {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+
+
+def test_make_install_on_a_full_disk_stops_before_pip_and_names_the_folder(tmp_path):
+    """pip's own message halfway through torch ("No space left on device") names neither the folder nor the size."""
+    venv = tmp_path / "fresh" / ".venv"
+    env = small_disk(tmp_path / "bin", free_kib=3 * 1024 * 1024)
+    done = subprocess.run(["make", "-C", str(ROOT), "install", f"VENV={venv}"], capture_output=True, text=True,
+                          env=env, timeout=60)
+    assert done.returncode != 0
+    assert f"needs about 10 GiB free on the disk that holds {venv} (/stubdisk); it has 3.0 GiB" in done.stderr
+    assert "VENV=" in done.stderr and not venv.exists()
+
+
+def test_space_check_passes_with_room_and_asks_less_of_an_existing_venv(tmp_path):
+    env = small_disk(tmp_path / "bin", free_kib=3 * 1024 * 1024)
+    check = [str(ROOT / "scripts" / "check_space.sh"), str(tmp_path / "a" / "b")]
+    assert subprocess.run(["bash", *check, "2", "x"], env=env).returncode == 0
+    done = subprocess.run(["bash", *check, "4", "building it"], env=env, capture_output=True, text=True)
+    assert done.returncode == 1 and "building it needs about 4 GiB" in done.stderr
+
+
+def test_ollama_build_on_a_full_disk_is_a_clear_error_before_go_runs(tmp_path, stubs):
+    small_disk(stubs, free_kib=512 * 1024)
+    done = run_script(SETUP_OLLAMA, ollama_env(tmp_path, stubs))
+    assert done.returncode == 1 and "building Ollama" in done.stderr and "it has 0.5 GiB" in done.stderr
+    assert go_calls(tmp_path) == []
