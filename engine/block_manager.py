@@ -5,11 +5,12 @@ mean equal prefixes; the stored token ids are still compared on every hit. Token
 int64 arrays: one conversion per sequence and lookup, not one per block.
 """
 import hashlib
-from array import array
 from collections import OrderedDict
 from dataclasses import dataclass
 
-from engine.sequence import Sequence
+from engine.sequence import Sequence, token_bytes
+
+TOKEN_ID_BYTES = 8
 
 ROOT_HASH = b""
 
@@ -20,10 +21,6 @@ class Block:
     ref_count: int = 0
     hash: bytes | None = None
     token_bytes: bytes = b""
-
-
-def token_bytes(token_ids: list[int]) -> bytes:
-    return array("q", token_ids).tobytes()
 
 
 def block_hash(parent: bytes, block_token_bytes: bytes) -> bytes:
@@ -44,8 +41,8 @@ def common_blocks(a: bytes, b: bytes, width: int) -> int:
 
 @dataclass(slots=True)
 class Lookup:
-    """The last prefix lookup: a burst of requests behind one system prompt repeats it, and a request that shares
-    its bytes shares its names and hits without hashing them again."""
+    """The last prefix lookup, data being the bytes of its hit blocks: a burst of requests behind one system prompt
+    repeats it, and a request that starts with those bytes shares its names and hits without hashing them again."""
 
     data: bytes
     hashes: list[bytes]
@@ -55,7 +52,7 @@ class Lookup:
 class BlockManager:
     def __init__(self, num_blocks: int, block_size: int, enable_prefix_caching: bool = True) -> None:
         self.block_size = block_size
-        self.bytes_per_block = block_size * array("q").itemsize
+        self.bytes_per_block = block_size * TOKEN_ID_BYTES
         self.num_blocks = num_blocks
         self.enable_prefix_caching = enable_prefix_caching
         self.blocks = [Block(i) for i in range(num_blocks)]
@@ -94,7 +91,7 @@ class BlockManager:
                 break
             hits.append(block_id)
             parent = h
-        self.last_lookup = Lookup(data, seq.block_hashes[: len(hits)], hits[:])
+        self.last_lookup = Lookup(data[: len(hits) * width], seq.block_hashes[: len(hits)], hits[:])
         return hits
 
     def _hits_shared_with_last(self, seq: Sequence, data: bytes) -> list[int]:
@@ -103,7 +100,8 @@ class BlockManager:
         last = self.last_lookup
         if last is None:
             return []
-        n = min(common_blocks(data, last.data, self.bytes_per_block), len(last.hits))
+        # A burst behind one system prompt shares all of the last hits: one memcmp, no search.
+        n = len(last.hits) if data.startswith(last.data) else common_blocks(data, last.data, self.bytes_per_block)
         hits, hashes = last.hits[:n], last.hashes[:n]
         blocks = self.blocks
         if not n or [blocks[b].hash for b in hits] != hashes:
@@ -149,8 +147,6 @@ class BlockManager:
         """The token ids of seq's blocks first..end-1, as one byte string (bytes_per_block per block). Blocks of
         the prompt come from its bytes made once: a lookup, the naming and the caching each ask for them."""
         if end * self.block_size <= seq.num_prompt_tokens:
-            if seq.prompt_bytes is None:
-                seq.prompt_bytes = token_bytes(seq.prompt_token_ids)
             return seq.prompt_bytes[first * self.bytes_per_block : end * self.bytes_per_block]
         return token_bytes(seq.token_ids[first * self.block_size : end * self.block_size])
 

@@ -162,3 +162,11 @@ def test_prefix_lookup_benchmark_shares_the_prefix_and_prints_json():
                          env={"PYTHONPATH": str(root), "PATH": ""})
     row = json.loads(out.stdout)
     assert row["requests"] == 3 and len(row["schedule_ms_all"]) == 2 and row["schedule_ms_median"] > 0
+
+
+@given(st.lists(st.integers(0, 2**40), max_size=300))
+def test_token_bytes_are_the_int64_array_and_the_prompt_s_are_made_with_the_sequence(ids):
+    from array import array
+
+    assert token_bytes(ids) == array("q", ids).tobytes()
+    assert make_seq("s", ids or [1]).prompt_bytes == token_bytes(ids or [1])
