@@ -7,6 +7,7 @@ A step's tokens are ordered decodes first (one query token each), then extends (
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 
 @dataclass(slots=True)
@@ -35,35 +36,33 @@ def _gather(cache: torch.Tensor, block_table: torch.Tensor, seq_len: int) -> tor
 
 
 def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, first_pos: int) -> torch.Tensor:
+    """Causal attention of t queries at positions first_pos.. over keys 0..len(k)-1, in fp32."""
     t, hq, d = q.shape
-    hkv = k.size(1)
-    qg = q.float().view(t, hkv, hq // hkv, d)
-    scores = torch.einsum("qhgd,khd->hgqk", qg, k.float()) * scale
-    q_pos = torch.arange(t, device=q.device).unsqueeze(1) + first_pos
-    k_pos = torch.arange(k.size(0), device=q.device).unsqueeze(0)
-    scores.masked_fill_(k_pos > q_pos, float("-inf"))
-    out = torch.einsum("hgqk,khd->qhgd", scores.softmax(dim=-1), v.float())
-    return out.reshape(t, hq, d).to(q.dtype)
+    mask = None
+    if t > 1:
+        q_pos = torch.arange(t, device=q.device).unsqueeze(1) + first_pos
+        mask = torch.arange(k.size(0), device=q.device).unsqueeze(0) <= q_pos
+    out = F.scaled_dot_product_attention(q.float().transpose(0, 1), k.float().transpose(0, 1),
+                                         v.float().transpose(0, 1), attn_mask=mask, scale=scale,
+                                         enable_gqa=k.size(1) != hq)
+    return out.transpose(0, 1).to(q.dtype)
 
 
 def paged_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, block_tables: torch.Tensor,
                  seq_lens: torch.Tensor, scale: float, *, out: torch.Tensor | None = None) -> torch.Tensor:
-    """One query token per sequence, all sequences at once: keys gathered through the tables, padding masked."""
-    b, hq, d = q.shape
-    block_size, hkv = k_cache.size(1), k_cache.size(2)
-    max_len = max(int(seq_lens.max()), 1)
-    num_blocks = -(-max_len // block_size)
-    used = torch.arange(num_blocks, device=q.device).unsqueeze(0) * block_size < seq_lens.unsqueeze(1)
-    tables = block_tables[:, :num_blocks].long().masked_fill(~used, 0)
-    pad = (torch.arange(max_len, device=q.device).unsqueeze(0) >= seq_lens.unsqueeze(1))[:, :, None, None]
-    k = k_cache[tables].reshape(b, -1, hkv, d)[:, :max_len].float().masked_fill(pad, 0.0)
-    v = v_cache[tables].reshape(b, -1, hkv, d)[:, :max_len].float().masked_fill(pad, 0.0)
-    qg = q.float().view(b, hkv, hq // hkv, d)
-    scores = torch.einsum("bhgd,blhd->bhgl", qg, k) * scale
-    scores.masked_fill_(pad[:, None, None, :, 0, 0], float("-inf"))
-    result = torch.einsum("bhgl,blhd->bhgd", scores.softmax(dim=-1), v).reshape(b, hq, d)
-    result = result.masked_fill((seq_lens == 0)[:, None, None], 0.0).to(q.dtype)
-    return result if out is None else out.copy_(result)
+    """One query token per sequence, each over its own keys; an empty sequence (padding) gives zeros.
+
+    One sequence at a time: on the CPU faster than one padded batch, which must also zero the slots past each
+    sequence's end (they may hold anything, NaN included); BENCHMARKS.md, "Engine on the CPU", has the figures."""
+    out = torch.empty_like(q) if out is None else out
+    for i, seq_len in enumerate(seq_lens.tolist()):
+        if seq_len == 0:
+            out[i] = 0
+            continue
+        k = _gather(k_cache, block_tables[i], seq_len)
+        v = _gather(v_cache, block_tables[i], seq_len)
+        out[i : i + 1] = _attend(q[i : i + 1], k, v, scale, seq_len - 1)
+    return out
 
 
 def paged_extend(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, block_tables: torch.Tensor,

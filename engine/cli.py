@@ -40,6 +40,9 @@ def serve(
     async_scheduling: Annotated[bool | None, typer.Option(
         "--async-scheduling/--no-async-scheduling",
         help="schedule and launch the next step before reading this step's tokens; default: on a GPU")] = None,
+    cpu_threads: Annotated[int | None, typer.Option(
+        min=1, help="threads per rank on the CPU; default: OMP_NUM_THREADS, else the cores less one for the server")
+    ] = None,
     tokenizer: Annotated[str | None, typer.Option(help="tokenizer (HF directory or GGUF) for random: models")] = None,
     seed: Annotated[int, typer.Option(help="seed for random weights and unseeded sampling")] = 0,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error")] = "info",
@@ -70,7 +73,7 @@ def serve(
                          enable_prefix_caching=not no_prefix_caching, seed=seed,
                          tensor_parallel_size=tensor_parallel_size,
                          disable_custom_all_reduce=disable_custom_all_reduce, async_scheduling=async_scheduling,
-                         enforce_eager=enforce_eager)
+                         enforce_eager=enforce_eager, cpu_threads=cpu_threads)
     args = ServeArgs(model, host, port, api_key, list(served_model_name or []), max_waiting, tokenizer,
                      log_level.lower(), access_log, engine_kwargs, request_log=request_log, sock=sock)
     try:

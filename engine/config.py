@@ -65,6 +65,7 @@ class EngineConfig:
     tensor_parallel_size: int = 1
     disable_custom_all_reduce: bool = False
     async_scheduling: bool | None = None  # None: on where the device is a GPU
+    cpu_threads: int | None = None  # None: see engine.startup.cpu_threads
 
     def __post_init__(self) -> None:
         if self.block_size < 1 or self.block_size & (self.block_size - 1):
@@ -77,5 +78,7 @@ class EngineConfig:
             raise ValueError(f"kv_cache_tokens must be >= block_size ({self.block_size}), got {self.kv_cache_tokens}")
         if self.max_model_len is not None and self.max_model_len < 2:
             raise ValueError(f"max_model_len must be >= 2 (a prompt token and an output token), got {self.max_model_len}")
+        if self.cpu_threads is not None and self.cpu_threads < 1:
+            raise ValueError(f"cpu_threads must be >= 1, got {self.cpu_threads}")
         if not 0 < self.kv_cache_fraction <= 1:
             raise ValueError(f"kv_cache_fraction must be in (0, 1], got {self.kv_cache_fraction}")

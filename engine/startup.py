@@ -1,4 +1,8 @@
-"""What rank 0 and every tensor-parallel worker settle alike before serving: device, dtype, context, model runner."""
+"""What rank 0 and every tensor-parallel worker settle alike before serving: device, dtype, context, CPU threads,
+model runner."""
+import os
+from collections.abc import Mapping
+
 import torch
 
 from engine.config import EngineConfig, ModelConfig
@@ -50,6 +54,29 @@ def bf16_native(device: torch.device) -> bool:
     return torch.cuda.get_device_capability(device) >= (8, 0)
 
 
+def cpu_threads(requested: int | None, world_size: int, env: Mapping[str, str] = os.environ,
+                cores: int | None = None) -> int:
+    """Intra-op threads for each rank on the CPU: cpu_threads if given, else OMP_NUM_THREADS, else this process's
+    cores less one, shared among the ranks, and at least one.
+
+    The spare core is for the server's event loop and a load generator beside it. On the 2-core VM one thread
+    served SmolLM2 1.2 to 1.5 times faster than two (BENCHMARKS.md, "Engine on the CPU"): with two, each parallel
+    op woke a sleeping OpenMP worker (OMP_WAIT_POLICY=PASSIVE, engine/__init__.py), and a spinning one starved
+    the event loop."""
+    if requested is not None:
+        return requested
+    omp = env.get("OMP_NUM_THREADS", "").split(",")[0].strip()
+    if omp.isdigit() and int(omp) > 0:
+        return int(omp)
+    cores = len(os.sched_getaffinity(0)) if cores is None else cores
+    return max(1, (cores - 1) // world_size)
+
+
+def use_cpu_threads(config: EngineConfig, device: torch.device) -> None:
+    if device.type == "cpu":
+        torch.set_num_threads(cpu_threads(config.cpu_threads, config.tensor_parallel_size))
+
+
 def max_model_len(config: EngineConfig, model_config: ModelConfig) -> int:
     """The user's max_model_len, refused (never quietly lowered) beyond the context the model was made for."""
     limit = model_config.max_position_embeddings
@@ -68,5 +95,6 @@ def build_runner(model: str, dtype_name: str, device: torch.device, engine_kwarg
     """A tensor-parallel worker's share of the model and its KV pool; the tokenizer stays with rank 0."""
     config = EngineConfig(model=model, dtype=dtype_name, device=device.type, **engine_kwargs)
     dtype = resolve_dtype(dtype_name, device)
+    use_cpu_threads(config, device)
     loaded = load_model(model, dtype, device, config.seed, hf_config)
     return ModelRunner(config, loaded.config, loaded.model, device, dtype, max_model_len(config, loaded.config))

@@ -64,3 +64,33 @@ def test_bad_engine_config(tmp_path):
         LLM("random:qwen3-0.6b", device="cpu", block_size=12)
     with pytest.raises(FileNotFoundError, match="no such file"):
         LLM(str(tmp_path / "missing"), device="cpu")
+
+
+def test_cpu_threads_leave_a_core_for_the_server_unless_told():
+    from engine.startup import cpu_threads
+
+    assert cpu_threads(None, 1, env={}, cores=2) == 1
+    assert cpu_threads(None, 1, env={}, cores=16) == 15
+    assert cpu_threads(None, 2, env={}, cores=16) == 7  # two CPU ranks share the cores
+    assert cpu_threads(None, 4, env={}, cores=2) == 1
+    assert cpu_threads(None, 1, env={"OMP_NUM_THREADS": "3"}, cores=16) == 3
+    assert cpu_threads(None, 1, env={"OMP_NUM_THREADS": "lots"}, cores=16) == 15
+    assert cpu_threads(5, 1, env={"OMP_NUM_THREADS": "3"}, cores=16) == 5
+
+
+def test_cpu_threads_are_set_for_the_engine_and_a_bad_count_names_the_field(tmp_path):
+    import torch
+
+    from engine.server.api import engine_info
+
+    with pytest.raises(ValueError, match="cpu_threads must be >= 1"):
+        LLM(str(tmp_path), device="cpu", cpu_threads=0)
+    make_tiny_checkpoint("llama", str(tmp_path))
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        llm = LLM(str(tmp_path), dtype="float32", device="cpu", kv_cache_tokens=256, cpu_threads=1)
+        assert torch.get_num_threads() == 1
+        assert engine_info(llm.engine, ["tiny"])["cpu_threads"] == 1
+    finally:
+        torch.set_num_threads(before)

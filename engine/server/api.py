@@ -58,6 +58,7 @@ def engine_info(core: LLMEngine, served_model_names: list[str]) -> dict[str, Any
         "device": str(core.device), "block_size": cfg.block_size, "max_model_len": core.max_model_len,
         "max_num_seqs": cfg.max_num_seqs, "max_num_batched_tokens": cfg.max_num_batched_tokens,
         "prefix_caching": cfg.enable_prefix_caching, "async_scheduling": cfg.async_scheduling,
+        "cpu_threads": torch.get_num_threads() if core.device.type == "cpu" else None,
         "kv_blocks_total": core.runner.num_blocks,
         "kv_cache_bytes": core.runner.kv_cache_bytes, "weights_bytes": core.weights_bytes,
         "load_seconds": round(core.load_seconds, 3), "torch": torch.__version__,
