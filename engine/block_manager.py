@@ -8,9 +8,7 @@ import hashlib
 from collections import OrderedDict
 from dataclasses import dataclass
 
-from engine.sequence import Sequence, token_bytes
-
-TOKEN_ID_BYTES = 8
+from engine.sequence import TOKEN_ID_BYTES, Sequence, token_bytes
 
 ROOT_HASH = b""
 

@@ -6,6 +6,7 @@ from engine.sampling_params import SamplingParams
 
 # A sampled token still on the GPU: the next step may already read it there (asynchronous scheduling).
 PENDING = -1
+TOKEN_ID_BYTES = 8
 
 
 def token_bytes(token_ids: list[int]) -> bytes:
