@@ -9,14 +9,14 @@ import torch
 from engine.block_manager import BlockManager
 from engine.config import EngineConfig, ModelConfig
 from engine.detokenizer import IncrementalDetokenizer
-from engine.model_loader import LoadedModel, load_model, read_model_config
+from engine.model_loader import LoadedModel, read_model_config
 from engine.model_runner import ModelRunner
 from engine.outputs import EngineStats, RequestOutput
 from engine.sampling_params import SamplingParams
 from engine.sampler import SampledTokens
 from engine.scheduler import ScheduledBatch, Scheduler
 from engine.sequence import PENDING, RequestMetrics, Sequence, SequenceStatus
-from engine.startup import max_model_len, resolve_device, resolve_dtype, use_cpu_threads
+from engine.startup import load_runner, max_model_len, resolve_device, resolve_dtype
 from engine.tp_workers import TPGroup, TPLaunch, check_divisible, init_rank
 
 @dataclass(slots=True)
@@ -87,10 +87,7 @@ class LLMEngine:
               store: object | None = None) -> tuple[torch.device, LoadedModel, ModelRunner]:
         """Rank 0's share of the start-up: under TP it waits on the workers, so TPGroup.start watches it."""
         device = init_rank(0, launch, store) if store is not None else self.device
-        use_cpu_threads(self.config, device)
-        loaded = load_model(launch.model, self.dtype, device, self.config.seed, hf_config, tokenizer)
-        runner = ModelRunner(self.config, loaded.config, loaded.model, device, self.dtype,
-                             max_model_len(self.config, loaded.config))
+        loaded, runner = load_runner(self.config, launch.model, self.dtype, device, hf_config, tokenizer)
         return device, loaded, runner
 
     def close(self) -> None:

@@ -1,6 +1,7 @@
 """Resolves what the user names as a model (HF directory, GGUF file, `demo`, `random:<config>`) into weights."""
 import os
 from dataclasses import dataclass
+from functools import lru_cache
 
 import torch
 
@@ -24,6 +25,23 @@ def resolve_model_path(model: str) -> str:
     return demo_model_path() if model == "demo" else model
 
 
+def open_gguf(path: str) -> GGUFFile:
+    """The file parsed once for the config check, the weights and the tokenizer: parsing the demo model's metadata
+    (its 49,152-token vocabulary) takes gguf-py seconds."""
+    stat = os.stat(path)
+    return _open_gguf(path, stat.st_mtime_ns, stat.st_size)
+
+
+@lru_cache(maxsize=1)
+def _open_gguf(path: str, mtime_ns: int, size: int) -> GGUFFile:
+    return GGUFFile(path)
+
+
+def forget_parsed_files() -> None:
+    """Once the model is loaded: the parsed metadata holds about 150 MB (the demo model's) of small objects."""
+    _open_gguf.cache_clear()
+
+
 def load_model(model: str, dtype: torch.dtype, device: torch.device, seed: int = 0,
                hf_config: dict | None = None, tokenizer_path: str | None = None) -> LoadedModel:
     if hf_config is not None or model.startswith("random:"):
@@ -37,7 +55,7 @@ def load_model(model: str, dtype: torch.dtype, device: torch.device, seed: int =
     if not os.path.exists(path):
         raise FileNotFoundError(f"model {model!r}: no such file or directory")
     if os.path.isfile(path):
-        gguf = GGUFFile(path)
+        gguf = open_gguf(path)
         config = gguf.config()
         net = build_model(config, dtype, device)
         load_weights(net, gguf.weights(config))
@@ -57,7 +75,7 @@ def load_model(model: str, dtype: torch.dtype, device: torch.device, seed: int =
 
 def _tokenizer_at(path: str, config: ModelConfig) -> TextTokenizer | None:
     if os.path.isfile(path) and path.endswith(".gguf"):
-        return from_gguf(GGUFFile(path))
+        return from_gguf(open_gguf(path))
     if os.path.exists(os.path.join(path, "tokenizer.json")):
         return from_hf_dir(path, config.eos_token_ids)
     return None
@@ -72,5 +90,5 @@ def read_model_config(model: str, hf_config: dict | None = None) -> ModelConfig:
     if not os.path.exists(path):
         raise FileNotFoundError(f"model {model!r}: no such file or directory")
     if os.path.isfile(path):
-        return GGUFFile(path).config()
+        return open_gguf(path).config()
     return ModelConfig.from_hf(read_hf_config(path))

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 import torch
 
 from engine.config import EngineConfig, ModelConfig
-from engine.model_loader import load_model
+from engine.model_loader import LoadedModel, forget_parsed_files, load_model
 from engine.model_runner import ModelRunner
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
@@ -73,6 +73,7 @@ def cpu_threads(requested: int | None, world_size: int, env: Mapping[str, str] =
 
 
 def use_cpu_threads(config: EngineConfig, device: torch.device) -> None:
+    """Called once the weights are loaded and the KV pool is zeroed, which go faster on every core."""
     if device.type == "cpu":
         torch.set_num_threads(cpu_threads(config.cpu_threads, config.tensor_parallel_size))
 
@@ -90,11 +91,18 @@ def max_model_len(config: EngineConfig, model_config: ModelConfig) -> int:
     return config.max_model_len
 
 
+def load_runner(config: EngineConfig, model: str, dtype: torch.dtype, device: torch.device, hf_config: dict | None,
+                tokenizer: str | None = None) -> tuple[LoadedModel, ModelRunner]:
+    """This rank's weights and model runner (its KV pool included); then the CPU threads it serves with."""
+    loaded = load_model(model, dtype, device, config.seed, hf_config, tokenizer)
+    runner = ModelRunner(config, loaded.config, loaded.model, device, dtype, max_model_len(config, loaded.config))
+    use_cpu_threads(config, device)
+    forget_parsed_files()
+    return loaded, runner
+
+
 def build_runner(model: str, dtype_name: str, device: torch.device, engine_kwargs: dict,
                  hf_config: dict | None) -> ModelRunner:
     """A tensor-parallel worker's share of the model and its KV pool; the tokenizer stays with rank 0."""
     config = EngineConfig(model=model, dtype=dtype_name, device=device.type, **engine_kwargs)
-    dtype = resolve_dtype(dtype_name, device)
-    use_cpu_threads(config, device)
-    loaded = load_model(model, dtype, device, config.seed, hf_config)
-    return ModelRunner(config, loaded.config, loaded.model, device, dtype, max_model_len(config, loaded.config))
+    return load_runner(config, model, resolve_dtype(dtype_name, device), device, hf_config)[1]

@@ -106,3 +106,24 @@ def test_q4_k_m_layout_matches_llama_quantize(tmp_path):
         return {t.name: (t.tensor_type.name, int(t.n_bytes)) for t in GGUFReader(str(path)).tensors}
 
     assert layout(ours) == layout(theirs)
+
+
+@requires_demo
+def test_an_engine_start_parses_the_gguf_once_and_keeps_no_parse(tmp_path, monkeypatch):
+    """The config check, the weights and the tokenizer share one parse (seconds for a 49k vocabulary), let go after."""
+    import engine.model_loader as loader
+    from engine.demo import demo_model_path
+
+    out = tmp_path / "tiny-qwen2-f16.gguf"
+    load_script().write(TINY, demo_model_path(), str(out), seed=3)
+    parsed: list[str] = []
+    real = loader.GGUFFile
+
+    def counting(path: str) -> object:
+        parsed.append(path)
+        return real(path)
+
+    monkeypatch.setattr(loader, "GGUFFile", counting)
+    llm = LLM(str(out), dtype="float32", device="cpu", kv_cache_tokens=256)
+    assert parsed == [str(out)] and llm.tokenizer is not None
+    assert loader._open_gguf.cache_info().currsize == 0
