@@ -53,6 +53,11 @@ def engine_tps(llm: LLM, prompt: list[int], batch: int, new_tokens: int, rounds:
     return batch * new_tokens / best
 
 
+def tea_prompt(llm: LLM) -> list[int]:
+    tok = llm.tokenizer
+    return tok.encode(tok.apply_chat_template([{"role": "user", "content": "Tell me about the history of tea."}]))
+
+
 def hf_tps(model, prompt: list[int], batch: int, new_tokens: int) -> float:
     ids = torch.tensor([prompt] * batch)
     kw = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, pad_token_id=2,
@@ -76,8 +81,7 @@ def main() -> None:
                     "torch": torch.__version__, "model": "SmolLM2-135M-Instruct Q4_1 GGUF, dequantized (engine: fp32 unless named; HF: fp32)"}
     if args.speed_only:
         llm = LLM("demo", dtype="bfloat16", device="cpu")
-        tok = llm.tokenizer
-        prompt = tok.encode(tok.apply_chat_template([{"role": "user", "content": "Tell me about the history of tea."}]))
+        prompt = tea_prompt(llm)
         result["threads"] = torch.get_num_threads()
         result["engine_bfloat16_tokens_per_s"] = {
             f"batch_{b}": round(engine_tps(llm, prompt, b, args.new_tokens, args.rounds), 1) for b in (1, 8, 32)}
@@ -88,8 +92,7 @@ def main() -> None:
     result["prefix"] = prefix_hit_rate(LLM("demo", dtype="float32", device="cpu"), rng)
     llm = LLM("demo", dtype="float32", device="cpu")
     result["threads"] = torch.get_num_threads()  # the engine's choice; Hugging Face runs with the same
-    tok = llm.tokenizer
-    prompt = tok.encode(tok.apply_chat_template([{"role": "user", "content": "Tell me about the history of tea."}]))
+    prompt = tea_prompt(llm)
     result["tokens_per_s"] = {f"batch_{b}": {"engine": round(engine_tps(llm, prompt, b, args.new_tokens), 1)}
                               for b in (1, 8)}
     del llm, pool

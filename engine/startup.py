@@ -60,7 +60,7 @@ def cpu_threads(requested: int | None, world_size: int, env: Mapping[str, str] =
     cores less one, shared among the ranks, and at least one.
 
     The spare core is for the server's event loop and a load generator beside it. On the 2-core VM one thread
-    served SmolLM2 1.2 to 1.5 times faster than two (BENCHMARKS.md, "Engine on the CPU"): with two, each parallel
+    served SmolLM2 1.2 to 1.6 times as fast as two (BENCHMARKS.md, "Engine on the CPU"): with two, each parallel
     op woke a sleeping OpenMP worker (OMP_WAIT_POLICY=PASSIVE, engine/__init__.py), and a spinning one starved
     the event loop."""
     if requested is not None:
