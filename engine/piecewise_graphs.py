@@ -12,6 +12,7 @@ from engine.attention import AttentionMetadata
 from engine.cuda_graphs import stage_tokens
 from engine.host_copy import PinnedStaging
 
+
 def capture_sizes(max_tokens: int) -> list[int]:
     """Powers of two from 16 to 512, then steps of 256 to 2,048 and of 512 beyond, ending at the step budget: a step
     is padded by at most 512 tokens (12% at 4,096), and there are 24 sizes for an 8,192-token budget."""
