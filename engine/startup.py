@@ -6,6 +6,7 @@ from collections.abc import Mapping
 import torch
 
 from engine.config import EngineConfig, ModelConfig
+from engine.cpu_quota import cgroup_cpu_limit, usable_cores
 from engine.model_loader import LoadedModel, forget_parsed_files, load_model
 from engine.model_runner import ModelRunner
 
@@ -57,7 +58,9 @@ def bf16_native(device: torch.device) -> bool:
 def cpu_threads(requested: int | None, world_size: int, env: Mapping[str, str] = os.environ,
                 cores: int | None = None) -> int:
     """Intra-op threads for each rank on the CPU: cpu_threads if given, else OMP_NUM_THREADS, else this process's
-    cores less one, shared among the ranks, and at least one.
+    cores less one, shared among the ranks, and at least one. Its cores are those it may run on (its CPU
+    affinity) capped by its cgroup CPU quota rounded up (`docker run --cpus`, compose's `cpus:`), which the
+    affinity does not show: a container with 2 CPUs of a 64-core host gets one thread, not 63.
 
     The spare core is for the server's event loop and a load generator beside it. On the 2-core VM one thread
     served SmolLM2 1.2 to 1.6 times as fast as two (BENCHMARKS.md, "Engine on the CPU"): with two, each parallel
@@ -68,7 +71,8 @@ def cpu_threads(requested: int | None, world_size: int, env: Mapping[str, str] =
     omp = env.get("OMP_NUM_THREADS", "").split(",")[0].strip()
     if omp.isdigit() and int(omp) > 0:
         return int(omp)
-    cores = len(os.sched_getaffinity(0)) if cores is None else cores
+    if cores is None:
+        cores = usable_cores(len(os.sched_getaffinity(0)), cgroup_cpu_limit())
     return max(1, (cores - 1) // world_size)
 
 
