@@ -1,12 +1,15 @@
 """Small-batch (M <= 16 tokens) projections with their prologue fused in: RMSNorm (+ residual add) before the QKV and
 gate/up projections, SiLU*mul before down_proj. At batch 1 a decode step is launch-bound; each fusion saves a launch
 (two where cuBLAS adds a split-K reduce)."""
+import functools
+import json
 import os
 
 import torch
 import triton
 import triton.language as tl
 
+from engine.kernels import row_gemv
 from engine.kernels.common import INTERPRET, dot_flags, num_sms
 from engine.kernels.norm import rms_scale
 
@@ -20,16 +23,47 @@ AUTO_MAX_M = 4
 AUTO_MAX_WEIGHT_BYTES = 4 << 20
 
 
-def _env_switch() -> bool | None:
-    value = os.environ.get("PAGEBENCH_FUSED_GEMV", "").strip().lower()
+def _env_switch(name: str) -> bool | None:
+    value = os.environ.get(name, "").strip().lower()
     if value in ("", "auto"):
         return None
     if value not in ("0", "1"):
-        raise ValueError(f"PAGEBENCH_FUSED_GEMV must be 0, 1 or auto, got {value!r}")
+        raise ValueError(f"{name} must be 0, 1 or auto, got {value!r}")
     return value == "1"
 
 
-FORCE: bool | None = _env_switch()  # read once; None follows the size policy
+@functools.cache
+def row_configs() -> dict[tuple[int, int, str], dict]:
+    path = os.environ.get("PAGEBENCH_ROW_GEMV_TABLE")
+    if not path:
+        return ROW_CONFIGS
+    table = {}
+    for p in json.loads(open(path).read())["projections"]:
+        if p["best"] and p["best"][0]["us"] <= ROW_MIN_GAIN * p["today_us"]:
+            table[(p["N"], p["K"], p["prologue"])] = p["best"][0]["config"]
+    return table
+
+
+def row_config(n: int, k: int, prologue: str, device: torch.device) -> dict | None:
+    """The one-token kernel's configuration for this projection, or None where today's launches stay: measured on
+    Hopper (compute capability 9.0) only, so other GPUs keep cuBLAS unless PAGEBENCH_ROW_GEMV=1."""
+    if ROW_FORCE is False or not (device.type == "cuda" or INTERPRET and ROW_FORCE):
+        return None
+    config = row_configs().get((n, k, prologue))
+    if ROW_FORCE:
+        return config or row_gemv.default_config(n, k, row_gemv.PROLOGUES.index(prologue), num_sms(device))
+    if config is None or torch.cuda.get_device_capability(device) != (9, 0):
+        return None
+    return config
+
+
+FORCE: bool | None = _env_switch("PAGEBENCH_FUSED_GEMV")  # read once; None follows the size policy
+# One-token projections (engine.kernels.row_gemv): the configurations measured faster than today's launches on an
+# H200 (benchmarks/gemv_sweep.py), by (N, K, prologue). PAGEBENCH_ROW_GEMV=0 turns them off, =1 takes them for every
+# shape (default_config where none was measured); PAGEBENCH_ROW_GEMV_TABLE names a sweep's JSON to use instead.
+ROW_FORCE: bool | None = _env_switch("PAGEBENCH_ROW_GEMV")
+ROW_CONFIGS: dict[tuple[int, int, str], dict] = {}
+ROW_MIN_GAIN = 0.97  # a measured configuration must take at most this share of today's time
 
 
 def fused_gemv_enabled(m: int, n: int, k: int, dtype: torch.dtype, prologue: str = "plain") -> bool:
@@ -45,6 +79,9 @@ def fused_gemv_enabled(m: int, n: int, k: int, dtype: torch.dtype, prologue: str
 def fused_gemv_allowed(x: torch.Tensor, weight: torch.Tensor, prologue: str = "plain") -> bool:
     """On CPU tensors the kernels run only in the interpreter, and only when forced on (tests): the CPU engine keeps
     its torch path, which is token-identical to Hugging Face."""
+    if x.dim() == 2 and x.size(0) == 1 and x.dtype == weight.dtype and x.dtype != torch.float32:
+        if row_config(weight.size(0), weight.size(1), prologue, x.device) is not None:
+            return True
     if not (x.is_cuda or INTERPRET and FORCE is True) or x.dim() != 2 or x.dtype != weight.dtype:
         return False
     return fused_gemv_enabled(x.size(0), weight.size(0), weight.size(1), weight.dtype, prologue)
@@ -147,6 +184,12 @@ def _launch(prologue: int, x: torch.Tensor, weight: torch.Tensor, bias: torch.Te
         if residual.shape != x.shape or residual.dtype != x.dtype:
             raise ValueError(f"residual {tuple(residual.shape)} {residual.dtype} must match x {tuple(x.shape)}")
         rs = _rows(residual, "residual")
+    one_token = xs.size(0) == 1 and config is None and FORCE is not True  # forced: the 16-row kernel, as tested
+    row = row_config(n, k, row_gemv.PROLOGUES[prologue], x.device) if one_token else None
+    if row is not None:
+        y, new_residual = row_gemv.row_gemv(prologue, xs, weight, bias, residual if residual is None else rs,
+                                            norm_weight, eps, row)
+        return y.view(*x.shape[:-1], n), None if new_residual is None else new_residual.view(x.shape)
     y = torch.empty(*x.shape[:-1], n, dtype=x.dtype, device=x.device)
     new_residual = torch.empty(x.shape, dtype=x.dtype, device=x.device) if residual is not None else None
     cfg = {**gemv_config(n, k, weight.element_size(), num_sms(x.device)), **(config or {})}

@@ -1,0 +1,112 @@
+"""One-token projections (a decode step at batch 1) as weight streams: each program multiplies BLOCK_N weight rows by
+the token's activation over one K range on the CUDA cores, so no tensor-core tile pads the one row to sixteen and the
+grid is as wide as HBM needs. The prologue is fused in: RMSNorm with the residual add (its 1/rms applied to the
+finished dot products, so one pass over K), or SiLU*mul. Where N alone gives too few programs, K is split; each
+split writes its partial sums and the last program of an output block (an arrival counter) adds them in split
+order, so results do not depend on scheduling and no second launch is needed."""
+import torch
+import triton
+import triton.language as tl
+
+PLAIN, NORM, SILU_MUL = 0, 1, 2
+PROLOGUES = ("plain", "norm", "silu_mul")
+MAX_SPLIT_K = 8
+MAX_SPLIT_N = 1 << 16  # outputs of a split launch; the workspace holds MAX_SPLIT_K partial rows of this many
+
+
+@triton.jit
+def _row_gemv_kernel(x_ptr, r_ptr, nw_ptr, w_ptr, b_ptr, y_ptr, new_r_ptr, part_ptr, count_ptr, eps, N, K, K_SPLIT,
+                     SPLIT_K: tl.constexpr, PROLOGUE: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
+                     HAS_BIAS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    pid_n = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    dtype = y_ptr.dtype.element_ty
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    n_mask = offs_n < N
+    w_rows = w_ptr + offs_n.to(tl.int64)[:, None] * K
+    acc = tl.zeros([BLOCK_N, BLOCK_K], tl.float32)
+    sum_sq = tl.zeros([BLOCK_K], tl.float32)
+    k_begin = pid_k * K_SPLIT
+    k_end = tl.minimum(k_begin + K_SPLIT, K)
+    for k0 in range(k_begin, k_end, BLOCK_K):
+        offs_k = k0 + tl.arange(0, BLOCK_K)
+        k_mask = offs_k < k_end
+        a = tl.load(x_ptr + offs_k, mask=k_mask, other=0.0).to(tl.float32)
+        if PROLOGUE == 1:  # NORM
+            if HAS_RESIDUAL:
+                a = (a + tl.load(r_ptr + offs_k, mask=k_mask, other=0.0).to(tl.float32)).to(dtype)
+                if pid_n == 0:
+                    tl.store(new_r_ptr + offs_k, a, mask=k_mask)
+                a = a.to(tl.float32)
+            sum_sq += a * a
+            a = a * tl.load(nw_ptr + offs_k, mask=k_mask, other=0.0).to(tl.float32)
+        elif PROLOGUE == 2:  # SILU_MUL: x is [gate | up]
+            up = tl.load(x_ptr + K + offs_k, mask=k_mask, other=0.0).to(tl.float32)
+            a = ((a / (1.0 + tl.exp(-a))).to(dtype).to(tl.float32) * up).to(dtype).to(tl.float32)
+        w = tl.load(w_rows + offs_k[None, :], mask=n_mask[:, None] & k_mask[None, :], other=0.0)
+        acc += w.to(tl.float32) * a[None, :]
+    y = tl.sum(acc, 1)
+    if PROLOGUE == 1:  # NORM runs unsplit: this program saw the whole row
+        y = y / tl.sqrt(tl.sum(sum_sq, 0) / K + eps)
+    if SPLIT_K == 1:
+        if HAS_BIAS:
+            y += tl.load(b_ptr + offs_n, mask=n_mask, other=0.0).to(tl.float32)
+        tl.store(y_ptr + offs_n, y.to(dtype), mask=n_mask)
+    else:
+        tl.store(part_ptr + pid_k * N + offs_n, y, mask=n_mask)
+        tl.debug_barrier()  # every thread's partial is written before the arrival is counted
+        arrived = tl.atomic_add(count_ptr + pid_n, 1, sem="acq_rel")
+        if arrived == SPLIT_K - 1:
+            total = tl.zeros([BLOCK_N], tl.float32)
+            for s in tl.static_range(SPLIT_K):
+                total += tl.load(part_ptr + s * N + offs_n, mask=n_mask, other=0.0, cache_modifier=".cg")
+            if HAS_BIAS:
+                total += tl.load(b_ptr + offs_n, mask=n_mask, other=0.0).to(tl.float32)
+            tl.store(y_ptr + offs_n, total.to(dtype), mask=n_mask)
+            tl.store(count_ptr + pid_n, 0)  # ready for the next launch on this stream
+
+
+_workspaces: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+def workspace(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Partial sums and arrival counters for split launches, made once per device (before any CUDA graph capture:
+    the first decode step runs eagerly) and left zeroed by every launch that uses them. Launches on one stream
+    only: two split launches running at once would share the counters."""
+    if device not in _workspaces:
+        _workspaces[device] = (torch.empty(MAX_SPLIT_K * MAX_SPLIT_N, dtype=torch.float32, device=device),
+                               torch.zeros(MAX_SPLIT_N, dtype=torch.int32, device=device))
+    return _workspaces[device]
+
+
+def default_config(n: int, k: int, prologue: int, sms: int) -> dict:
+    """Placeholder until the H200 sweep (benchmarks/gemv_sweep.py) decides: 16 rows a program, K split until there
+    are four programs an SM (never under NORM, whose 1/rms needs the whole row)."""
+    block_n, block_k = 16, 512
+    split = 1
+    while (prologue != NORM and split < MAX_SPLIT_K and triton.cdiv(n, block_n) * split < 4 * sms
+           and k // (2 * split) >= block_k):
+        split *= 2
+    return {"BLOCK_N": block_n, "BLOCK_K": block_k, "SPLIT_K": split, "num_warps": 4, "num_stages": 3}
+
+
+def row_gemv(prologue: int, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+             residual: torch.Tensor | None, norm_weight: torch.Tensor | None, eps: float,
+             config: dict) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """y = prologue(x) @ weight.T + bias for one token (x [1, K], or [1, 2K] under SILU_MUL), and under NORM with a
+    residual the new residual x + residual. The caller has checked shapes and dtypes (engine.kernels.gemv)."""
+    n, k = weight.shape
+    y = torch.empty(1, n, dtype=x.dtype, device=x.device)
+    new_residual = torch.empty(1, k, dtype=x.dtype, device=x.device) if residual is not None else None
+    cfg = dict(config)
+    split = cfg.pop("SPLIT_K")
+    if split > 1 and (prologue == NORM or n > MAX_SPLIT_N or split > MAX_SPLIT_K):
+        raise ValueError(f"SPLIT_K={split} does not fit N={n} (at most {MAX_SPLIT_N}) or this prologue")
+    k_split = triton.cdiv(triton.cdiv(k, split), cfg["BLOCK_K"]) * cfg["BLOCK_K"]
+    part, count = workspace(x.device) if split > 1 else (y, y)
+    _row_gemv_kernel[(triton.cdiv(n, cfg["BLOCK_N"]), split)](
+        x, residual if residual is not None else x, norm_weight if norm_weight is not None else weight, weight,
+        bias if bias is not None else weight, y, new_residual if new_residual is not None else y, part, count, eps,
+        n, k, k_split, SPLIT_K=split, PROLOGUE=prologue, HAS_RESIDUAL=residual is not None,
+        HAS_BIAS=bias is not None, **cfg)
+    return y, new_residual
