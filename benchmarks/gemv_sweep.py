@@ -26,8 +26,8 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from engine import kernels as K  # noqa: E402
-from engine.kernels import row_gemv as R  # noqa: E402
+from engine import kernels as K
+from engine.kernels import row_gemv as R
 
 SHAPES = {  # q heads, kv heads, head dim, hidden, intermediate, qkv bias
     "qwen3-0.6b": (16, 8, 128, 1024, 3072, False),
@@ -154,6 +154,40 @@ def ceilings(dev: torch.device) -> dict:
     return {"copy_GBps": 2 * src.nbytes / copy_s / 1e9, "read_GBps": big.nbytes / read_s / 1e9}
 
 
+def measure(shape: str, op: str, dev: torch.device, l2: int, sms: int, top: int, deadline: float) -> dict:
+    """Today's launches, plain cuBLAS and every configuration (until the deadline) for one projection."""
+    n, k, pro, bias = projections(shape)[op]
+    nbytes = n * k * DT.itemsize
+    copies = max(1, math.ceil(2 * l2 / nbytes))
+    t = inputs(n, k, pro, bias, dev, copies)
+    calls = max(8, copies)
+    ws = t["weights"]
+    want = reference(pro, t, ws[0])
+    scale = want.abs().max().item()
+    today_s = graph_seconds(lambda i: today(pro, t, ws[i % copies]), calls)
+    linear_s = graph_seconds(lambda i: F.linear(t["x"][:, :k], ws[i % copies]), calls)
+    today_err = (today(pro, t, ws[0])[0].double() - want).abs().max().item() / scale
+    rows = []
+    for cfg in configs(n, k, pro, sms):
+        if time.perf_counter() > deadline:
+            break
+        try:
+            got = fused(pro, t, ws[0], cfg)[0]
+            err = (got.double() - want).abs().max().item() / scale
+            sec = graph_seconds(lambda i, cfg=cfg: fused(pro, t, ws[i % copies], cfg), calls)
+        except Exception as exc:  # noqa: BLE001 - one configuration's failure is recorded, the sweep goes on
+            rows.append({"config": cfg, "error": f"{type(exc).__name__}: {exc}"[:200]})
+            continue
+        rows.append({"config": cfg, "us": sec * 1e6, "GBps": nbytes / sec / 1e9, "err": err})
+    timed = sorted((r for r in rows if "us" in r), key=lambda r: r["us"])
+    return {"shape": shape, "op": op, "N": n, "K": k, "prologue": R.PROLOGUES[pro], "bias": bias,
+            "weight_MB": nbytes / 1e6, "today_us": today_s * 1e6, "today_GBps": nbytes / today_s / 1e9,
+            "linear_us": linear_s * 1e6, "linear_GBps": nbytes / linear_s / 1e9, "today_err": today_err,
+            "timed": len(timed), "failed": [r for r in rows if "error" in r][:3], "best": timed[:top],
+            "by_split": {s: min((r for r in timed if r["config"]["SPLIT_K"] == s), key=lambda r: r["us"],
+                                default=None) for s in (1, 2, 4, 8)}}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", required=True)
@@ -184,42 +218,13 @@ def main() -> None:
               "ceilings": ceilings(dev), "projections": []}
     deadline = time.perf_counter() + args.budget_s
     for shape in shapes:
-        for op, (n, k, pro, bias) in projections(shape).items():
-            nbytes = n * k * DT.itemsize
-            copies = max(1, math.ceil(2 * l2 / nbytes))
-            t = inputs(n, k, pro, bias, dev, copies)
-            calls = max(8, copies)
-            ws = t["weights"]
-            want = reference(pro, t, ws[0])
-            scale = want.abs().max().item()
-            today_s = graph_seconds(lambda i: today(pro, t, ws[i % copies]), calls)
-            linear_s = graph_seconds(lambda i: F.linear(t["x"][:, :k], ws[i % copies]), calls)
-            today_err = (today(pro, t, ws[0])[0].double() - want).abs().max().item() / scale
-            rows = []
-            for cfg in configs(n, k, pro, sms):
-                if time.perf_counter() > deadline:
-                    break
-                try:
-                    got = fused(pro, t, ws[0], cfg)[0]
-                    err = (got.double() - want).abs().max().item() / scale
-                    sec = graph_seconds(lambda i: fused(pro, t, ws[i % copies], cfg), calls)
-                except Exception as exc:  # noqa: BLE001
-                    rows.append({"config": cfg, "error": f"{type(exc).__name__}: {exc}"[:200]})
-                    continue
-                rows.append({"config": cfg, "us": sec * 1e6, "GBps": nbytes / sec / 1e9, "err": err})
-            timed = sorted((r for r in rows if "us" in r), key=lambda r: r["us"])
-            entry = {"shape": shape, "op": op, "N": n, "K": k, "prologue": ["plain", "norm", "silu_mul"][pro],
-                     "bias": bias, "weight_MB": nbytes / 1e6, "today_us": today_s * 1e6,
-                     "today_GBps": nbytes / today_s / 1e9, "linear_us": linear_s * 1e6,
-                     "linear_GBps": nbytes / linear_s / 1e9, "today_err": today_err, "timed": len(timed),
-                     "failed": [r for r in rows if "error" in r][:3], "best": timed[:args.top],
-                     "by_split": {s: min((r for r in timed if r["config"]["SPLIT_K"] == s), key=lambda r: r["us"],
-                                         default=None) for s in (1, 2, 4, 8)}}
+        for op in projections(shape):
+            entry = measure(shape, op, dev, l2, sms, args.top, deadline)
             result["projections"].append(entry)
-            b = timed[0] if timed else {"us": float("nan"), "config": None, "err": float("nan")}
-            print(f"{shape:11} {op:8} today {today_s * 1e6:7.1f} us  linear {linear_s * 1e6:7.1f}  best "
-                  f"{b['us']:7.1f} ({nbytes / b['us'] / 1e3:5.0f} GB/s, err {b['err']:.1e}) {b['config']}", flush=True)
-            del t, ws
+            b = entry["best"][0] if entry["best"] else {"us": float("nan"), "config": None, "err": float("nan")}
+            print(f"{shape:11} {op:8} today {entry['today_us']:7.1f} us  linear {entry['linear_us']:7.1f}  best "
+                  f"{b['us']:7.1f} ({entry['weight_MB'] * 1e3 / b['us']:5.0f} GB/s, err {b['err']:.1e}) {b['config']}",
+                  flush=True)
             torch.cuda.empty_cache()
     Path(args.out).write_text(json.dumps(result, indent=1))
     print(json.dumps(result["ceilings"]))

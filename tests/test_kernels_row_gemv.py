@@ -7,7 +7,12 @@ import json
 import pytest
 import torch
 
-from tests.triton_interpreter import HAS_CUDA, interpreter_for_module, kernel_module, skip_module_if_triton_came_first
+from tests.triton_interpreter import (
+    HAS_CUDA,
+    interpreter_for_module,
+    kernel_module,
+    skip_module_if_triton_came_first,
+)
 
 skip_module_if_triton_came_first()
 pytest.importorskip("triton")
@@ -132,6 +137,7 @@ def test_table_from_a_sweep_keeps_only_gains(G, tmp_path, monkeypatch):
 
 def test_row_config_switch(G, monkeypatch):
     cpu = torch.device("cpu")
+    monkeypatch.delenv("PAGEBENCH_ROW_GEMV_TABLE", raising=False)
     monkeypatch.setattr(G, "ROW_CONFIGS", {(64, 32, "plain"): {"BLOCK_N": 16, "BLOCK_K": 32, "SPLIT_K": 1}})
     G.row_configs.cache_clear()
     try:

@@ -38,7 +38,9 @@ def row_configs() -> dict[tuple[int, int, str], dict]:
     if not path:
         return ROW_CONFIGS
     table = {}
-    for p in json.loads(open(path).read())["projections"]:
+    with open(path) as f:
+        sweep = json.load(f)
+    for p in sweep["projections"]:
         if p["best"] and p["best"][0]["us"] <= ROW_MIN_GAIN * p["today_us"]:
             table[(p["N"], p["K"], p["prologue"])] = p["best"][0]["config"]
     return table
@@ -62,7 +64,26 @@ FORCE: bool | None = _env_switch("PAGEBENCH_FUSED_GEMV")  # read once; None foll
 # H200 (benchmarks/gemv_sweep.py), by (N, K, prologue). PAGEBENCH_ROW_GEMV=0 turns them off, =1 takes them for every
 # shape (default_config where none was measured); PAGEBENCH_ROW_GEMV_TABLE names a sweep's JSON to use instead.
 ROW_FORCE: bool | None = _env_switch("PAGEBENCH_ROW_GEMV")
-ROW_CONFIGS: dict[tuple[int, int, str], dict] = {}
+
+
+def _row(block_n: int, block_k: int, split_k: int, num_warps: int, num_stages: int) -> dict:
+    return {"BLOCK_N": block_n, "BLOCK_K": block_k, "SPLIT_K": split_k, "num_warps": num_warps,
+            "num_stages": num_stages}
+
+
+# Measured 2026-12-03 on an H200 (gemv_sweep.py at 9338f09, docs/benchmarks/2026-12-03-h200-gemv-sweep-9338f09.json):
+# us per call inside CUDA graphs, this kernel / today's launches (the norm or SiLU*mul launch, then cuBLAS or, for the
+# 0.6B o_proj, the 16-row kernel). Not taken: Qwen2.5-7B's down_proj (40.5 against 39.3 us: K = 18,944 rows stream
+# at 3.4 TB/s here against 4.0 for gate/up) and the LM heads (within 2% of cuBLAS).
+ROW_CONFIGS: dict[tuple[int, int, str], dict] = {
+    (4096, 1024, "norm"): _row(8, 1024, 1, 4, 2),  # 0.6B qkv 5.2 / 7.2
+    (1024, 2048, "plain"): _row(4, 1024, 1, 8, 2),  # 0.6B o 3.9 / 12.7
+    (6144, 1024, "norm"): _row(16, 512, 1, 4, 4),  # 0.6B gate/up 6.4 / 7.8
+    (1024, 3072, "silu_mul"): _row(16, 256, 8, 8, 2),  # 0.6B down 5.6 / 8.9
+    (4608, 3584, "norm"): _row(16, 512, 1, 4, 2),  # 7B qkv 11.9 / 13.4
+    (3584, 3584, "plain"): _row(4, 512, 1, 8, 4),  # 7B o 9.7 / 11.9
+    (37888, 3584, "norm"): _row(8, 512, 1, 4, 2),  # 7B gate/up 67.8 / 72.1
+}
 ROW_MIN_GAIN = 0.97  # a measured configuration must take at most this share of today's time
 
 
@@ -79,9 +100,9 @@ def fused_gemv_enabled(m: int, n: int, k: int, dtype: torch.dtype, prologue: str
 def fused_gemv_allowed(x: torch.Tensor, weight: torch.Tensor, prologue: str = "plain") -> bool:
     """On CPU tensors the kernels run only in the interpreter, and only when forced on (tests): the CPU engine keeps
     its torch path, which is token-identical to Hugging Face."""
-    if x.dim() == 2 and x.size(0) == 1 and x.dtype == weight.dtype and x.dtype != torch.float32:
-        if row_config(weight.size(0), weight.size(1), prologue, x.device) is not None:
-            return True
+    one_token = x.dim() == 2 and x.size(0) == 1 and x.dtype == weight.dtype != torch.float32
+    if one_token and row_config(weight.size(0), weight.size(1), prologue, x.device) is not None:
+        return True
     if not (x.is_cuda or INTERPRET and FORCE is True) or x.dim() != 2 or x.dtype != weight.dtype:
         return False
     return fused_gemv_enabled(x.size(0), weight.size(0), weight.size(1), weight.dtype, prologue)
