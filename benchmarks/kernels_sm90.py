@@ -96,8 +96,8 @@ def cases() -> dict[str, tuple]:
                 slots, slots, qv, k, v, t, kc, kc, cache, w, w, 1e-6, qv.stride(0), qv.stride(1), k.stride(0),
                 k.stride(1), v.stride(0), v.stride(1), cache.stride(0)),
                 dict(HAS_NORM=has_norm, NUM_Q_HEADS=hq, NUM_KV_HEADS=hkv, HALF=d // 2,
-                     BLOCK_HQ=rotary_kv._heads_per_step(hq, has_norm),
-                     BLOCK_HKV=rotary_kv._heads_per_step(hkv, has_norm), BLOCK_HALF=d // 2, BLOCK_D=d,
+                     BLOCK_HQ=rotary_kv.heads_per_program(hq, has_norm, 1, 132),  # a batch-1 decode step
+                     BLOCK_HKV=rotary_kv.heads_per_program(hkv, has_norm, 1, 132), BLOCK_HALF=d // 2, BLOCK_D=d,
                      num_warps=norm.norm_warps(d) if has_norm else 4))
     x = torch.empty(64, 5120, dtype=bf16)
     w = torch.empty(5120, dtype=bf16)

@@ -320,6 +320,28 @@ def test_rotary_store_kv_with_qk_norm_matches_rms_norm_then_rotary_store_kv(pois
     assert empty.shape == (0, heads, head_dim)
 
 
+@pytest.mark.parametrize("heads,kv_heads,head_dim", [(28, 4, 128), (16, 8, 128), (9, 3, 64)])
+@pytest.mark.parametrize("tokens", [1, 3])
+def test_rotary_store_kv_spreads_few_tokens_heads_over_programs(poison, heads, kv_heads, head_dim, tokens):
+    """A decode step's few tokens take several programs each (4 or 8 heads apiece): still bit for bit, with and
+    without the q/k norm, padding slots untouched."""
+    from engine.kernels.rotary_kv import heads_per_program
+
+    assert heads_per_program(heads, True, tokens, 4) == 4 and heads_per_program(heads, False, tokens, 4) <= 8
+    (positions, q, k, v, slots, cos_sin), norms, caches = _qk_norm_case(torch.bfloat16, heads, kv_heads, head_dim,
+                                                                        tokens=11)
+    positions, q, k, v, slots = positions[:tokens], q[:tokens], k[:tokens], v[:tokens], slots[:tokens]
+    for extra, unfused in ((norms, qk_norm_then_rotary_store_kv), ({}, None)):
+        got_caches, want_caches = tuple(c.clone() for c in caches), tuple(c.clone() for c in caches)
+        if unfused is None:
+            want_q = rotary_then_store_kv(positions, q, k, v, want_caches, slots, cos_sin)
+        else:
+            want_q = unfused(positions, q, k, v, want_caches, slots, cos_sin, **extra)
+        q_out = K.rotary_store_kv(positions, q, k, v, *got_caches, slots, cos_sin, **extra)
+        assert torch.equal(q_out, want_q)
+        assert torch.equal(got_caches[0], want_caches[0]) and torch.equal(got_caches[1], want_caches[1])
+
+
 def test_rotary_store_kv_with_norm_weights_of_another_dtype_normalises_as_rms_norm():
     """fp32 weights promote rms_norm's bf16 output to fp32, so the norms run on their own, as before the fusion."""
     (positions, q, k, v, slots, cos_sin), norms, caches = _qk_norm_case(torch.bfloat16, 4, 2, 64)

@@ -9,59 +9,62 @@ import triton
 import triton.language as tl
 
 from engine import attention
-from engine.kernels.common import check_cache, use_triton
+from engine.kernels.common import check_cache, num_sms, use_triton
 from engine.kernels.norm import norm_warps, rms_inv, rms_norm, rms_scale
-from engine.kernels.rotary_embedding import head_halves, load_cos_sin, rotary, store_rotated
+from engine.kernels.rotary_embedding import load_cos_sin, rotary, store_rotated
 
 
 @triton.jit
-def _copy_heads(src_ptr, dst_ptr, src_row, dst_row, stride_t, stride_h, NUM_HEADS: tl.constexpr,
+def _copy_heads(src_ptr, dst_ptr, src_row, dst_row, first, stride_t, stride_h, NUM_HEADS: tl.constexpr,
                 HEAD_DIM: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr):
-    offs_h = tl.arange(0, BLOCK_H)
+    """Heads first .. first + BLOCK_H (those below NUM_HEADS) of row src_row -> row dst_row of a contiguous
+    [rows, NUM_HEADS, HEAD_DIM] destination."""
+    heads = first + tl.arange(0, BLOCK_H)[:, None]
     offs_d = tl.arange(0, BLOCK_D)
-    for first in tl.static_range(0, NUM_HEADS, BLOCK_H):
-        heads = first + offs_h[:, None]
-        mask = (heads < NUM_HEADS) & (offs_d[None, :] < HEAD_DIM)
-        x = tl.load(src_ptr + src_row * stride_t + heads * stride_h + offs_d[None, :], mask=mask)
-        dst = dst_ptr + dst_row * (NUM_HEADS * HEAD_DIM) + heads * HEAD_DIM + offs_d[None, :]
-        tl.store(dst, x.to(dst_ptr.dtype.element_ty), mask=mask)
+    mask = (heads < NUM_HEADS) & (offs_d[None, :] < HEAD_DIM)
+    x = tl.load(src_ptr + src_row * stride_t + heads * stride_h + offs_d[None, :], mask=mask)
+    dst = dst_ptr + dst_row * (NUM_HEADS * HEAD_DIM) + heads * HEAD_DIM + offs_d[None, :]
+    tl.store(dst, x.to(dst_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
-def _inv_rms_per_head(src_ptr, row, stride_t, stride_h, eps, NUM_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr,
-                      BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr):
-    """[BLOCK_H, 1] for the first min(NUM_HEADS, BLOCK_H) heads, each reduced alone as a [BLOCK_D] row: the shape
+def _inv_rms_per_head(src_ptr, row, stride_t, stride_h, eps, count, HEAD_DIM: tl.constexpr, BLOCK_H: tl.constexpr,
+                      BLOCK_D: tl.constexpr):
+    """[BLOCK_H, 1] for the first min(count, BLOCK_H) heads, each reduced alone as a [BLOCK_D] row: the shape
     rms_norm reduces, so the sums agree to the bit."""
     offs_h = tl.arange(0, BLOCK_H)
     offs_d = tl.arange(0, BLOCK_D)
     inv = tl.zeros([BLOCK_H], dtype=tl.float32)
     for h in tl.static_range(BLOCK_H):
-        if h < NUM_HEADS:
+        if h < count:
             x = tl.load(src_ptr + row * stride_t + h * stride_h + offs_d, mask=offs_d < HEAD_DIM, other=0.0)
             inv = tl.where(offs_h == h, rms_inv(x.to(tl.float32), eps, HEAD_DIM), inv)
     return inv[:, None]
 
 
 @triton.jit
-def _norm_rotate_heads(src_ptr, weight_ptr, dst_ptr, src_row, dst_row, stride_t, stride_h, eps, cos, sin,
+def _norm_rotate_heads(src_ptr, weight_ptr, dst_ptr, src_row, dst_row, first, stride_t, stride_h, eps, cos, sin,
                        HAS_NORM: tl.constexpr, NUM_HEADS: tl.constexpr, HALF: tl.constexpr, BLOCK_H: tl.constexpr,
                        BLOCK_HALF: tl.constexpr, BLOCK_D: tl.constexpr):
-    """rotate_heads, BLOCK_H heads at a time, after rms_norm's per-head RMSNorm when HAS_NORM (Qwen3's q_norm /
-    k_norm)."""
+    """Heads first .. first + BLOCK_H of row src_row, rotated into row dst_row of a contiguous [rows, NUM_HEADS,
+    2 * HALF] destination, after rms_norm's per-head RMSNorm when HAS_NORM (Qwen3's q_norm / k_norm)."""
     dtype = src_ptr.dtype.element_ty
+    offs_h = tl.arange(0, BLOCK_H)
     offs_d = tl.arange(0, BLOCK_HALF)
-    for first in tl.static_range(0, NUM_HEADS, BLOCK_H):
-        src = src_ptr + first * stride_h
-        x1, x2, mask = head_halves(src, src_row, stride_t, stride_h, NUM_HEADS - first, HALF, BLOCK_H, BLOCK_HALF)
-        if HAS_NORM:
-            inv = _inv_rms_per_head(src, src_row, stride_t, stride_h, eps, NUM_HEADS - first, 2 * HALF, BLOCK_H,
-                                    BLOCK_D)
-            w1 = tl.load(weight_ptr + offs_d, mask=offs_d < HALF, other=0.0).to(tl.float32)[None, :]
-            w2 = tl.load(weight_ptr + HALF + offs_d, mask=offs_d < HALF, other=0.0).to(tl.float32)[None, :]
-            x1 = rms_scale(x1, inv, w1, dtype).to(dtype).to(tl.float32)  # the normed tensor rms_norm hands over
-            x2 = rms_scale(x2, inv, w2, dtype).to(dtype).to(tl.float32)
-        store_rotated(x1, x2, cos, sin, mask, dtype, dst_ptr + first * 2 * HALF, dst_row, NUM_HEADS, HALF, BLOCK_H,
-                      BLOCK_HALF)
+    src = src_ptr + first * stride_h
+    mask = (first + offs_h[:, None] < NUM_HEADS) & (offs_d[None, :] < HALF)
+    x = src + src_row * stride_t + offs_h[:, None] * stride_h + offs_d[None, :]
+    x1 = tl.load(x, mask=mask, other=0.0).to(tl.float32)
+    x2 = tl.load(x + HALF, mask=mask, other=0.0).to(tl.float32)
+    if HAS_NORM:
+        inv = _inv_rms_per_head(src, src_row, stride_t, stride_h, eps, NUM_HEADS - first, 2 * HALF, BLOCK_H,
+                                BLOCK_D)
+        w1 = tl.load(weight_ptr + offs_d, mask=offs_d < HALF, other=0.0).to(tl.float32)[None, :]
+        w2 = tl.load(weight_ptr + HALF + offs_d, mask=offs_d < HALF, other=0.0).to(tl.float32)[None, :]
+        x1 = rms_scale(x1, inv, w1, dtype).to(dtype).to(tl.float32)  # the normed tensor rms_norm hands over
+        x2 = rms_scale(x2, inv, w2, dtype).to(dtype).to(tl.float32)
+    store_rotated(x1, x2, cos, sin, mask, dtype, dst_ptr + first * 2 * HALF, dst_row, NUM_HEADS, HALF, BLOCK_H,
+                  BLOCK_HALF)
 
 
 @triton.jit
@@ -70,25 +73,37 @@ def _rotary_store_kv_kernel(positions_ptr, slot_mapping_ptr, q_ptr, k_ptr, v_ptr
                             stride_vt, stride_vh, stride_cos_sin, HAS_NORM: tl.constexpr, NUM_Q_HEADS: tl.constexpr,
                             NUM_KV_HEADS: tl.constexpr, HALF: tl.constexpr, BLOCK_HQ: tl.constexpr,
                             BLOCK_HKV: tl.constexpr, BLOCK_HALF: tl.constexpr, BLOCK_D: tl.constexpr):
+    # Grid (token, head block): the q blocks first, then the k/v blocks, so that a step of one token still spreads
+    # its heads over several SMs.
     token = tl.program_id(0).to(tl.int64)
+    part = tl.program_id(1)
+    Q_BLOCKS: tl.constexpr = (NUM_Q_HEADS + BLOCK_HQ - 1) // BLOCK_HQ
     cos, sin = load_cos_sin(positions_ptr, cos_sin_ptr, token, stride_cos_sin, HALF, BLOCK_HALF)
-    _norm_rotate_heads(q_ptr, q_norm_ptr, q_out_ptr, token, token, stride_qt, stride_qh, eps, cos, sin, HAS_NORM,
-                       NUM_Q_HEADS, HALF, BLOCK_HQ, BLOCK_HALF, BLOCK_D)
+    if part < Q_BLOCKS:
+        _norm_rotate_heads(q_ptr, q_norm_ptr, q_out_ptr, token, token, part * BLOCK_HQ, stride_qt, stride_qh, eps,
+                           cos, sin, HAS_NORM, NUM_Q_HEADS, HALF, BLOCK_HQ, BLOCK_HALF, BLOCK_D)
+        return
     slot = tl.load(slot_mapping_ptr + token).to(tl.int64)
     if slot < 0:  # CUDA-graph padding: q rows are still written, as rotary writes them, but no cache slot
         return
-    _norm_rotate_heads(k_ptr, k_norm_ptr, k_cache_ptr, token, slot, stride_kt, stride_kh, eps, cos, sin, HAS_NORM,
-                       NUM_KV_HEADS, HALF, BLOCK_HKV, BLOCK_HALF, BLOCK_D)
-    _copy_heads(v_ptr, v_cache_ptr, token, slot, stride_vt, stride_vh, NUM_KV_HEADS, 2 * HALF, BLOCK_HKV, BLOCK_D)
+    first = (part - Q_BLOCKS) * BLOCK_HKV
+    _norm_rotate_heads(k_ptr, k_norm_ptr, k_cache_ptr, token, slot, first, stride_kt, stride_kh, eps, cos, sin,
+                       HAS_NORM, NUM_KV_HEADS, HALF, BLOCK_HKV, BLOCK_HALF, BLOCK_D)
+    _copy_heads(v_ptr, v_cache_ptr, token, slot, first, stride_vt, stride_vh, NUM_KV_HEADS, 2 * HALF, BLOCK_HKV,
+                BLOCK_D)
 
 
 def _unit_last_stride(x: torch.Tensor) -> torch.Tensor:
     return x if x.stride(-1) == 1 else x.contiguous()
 
 
-def _heads_per_step(num_heads: int, has_norm: bool) -> int:
-    """All heads in one tile; at most 16 under the norm's single warp, where 64 q heads would spill registers."""
+def heads_per_program(num_heads: int, has_norm: bool, num_tokens: int, sms: int) -> int:
+    """All heads of a token in one program (at most 16 under the norm's single warp, where 64 q heads would spill
+    registers) once the tokens alone fill the SMs; fewer tokens spread their heads, 4 to a program under the norm
+    (which reduces head by head) and 8 without, so that a decode step at batch 1 does not wait on one SM."""
     block = triton.next_power_of_2(num_heads)
+    if num_tokens < 2 * sms:
+        block = min(block, 4 if has_norm else 8)
     return min(block, 16) if has_norm else block
 
 
@@ -140,11 +155,15 @@ def rotary_store_kv(positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v
     q_out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     if num_tokens:
         half = head_dim // 2
-        _rotary_store_kv_kernel[(num_tokens,)](
+        sms = num_sms(q.device)
+        block_hq = heads_per_program(num_q_heads, has_norm, num_tokens, sms)
+        block_hkv = heads_per_program(num_kv_heads, has_norm, num_tokens, sms)
+        blocks = triton.cdiv(num_q_heads, block_hq) + triton.cdiv(num_kv_heads, block_hkv)
+        _rotary_store_kv_kernel[(num_tokens, blocks)](
             positions, slot_mapping, q, k, v, q_out, k_cache, v_cache, cos_sin, q_norm, k_norm,
             eps if has_norm else 0.0, q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
             cos_sin.stride(0), HAS_NORM=has_norm, NUM_Q_HEADS=num_q_heads, NUM_KV_HEADS=num_kv_heads, HALF=half,
-            BLOCK_HQ=_heads_per_step(num_q_heads, has_norm), BLOCK_HKV=_heads_per_step(num_kv_heads, has_norm),
+            BLOCK_HQ=block_hq, BLOCK_HKV=block_hkv,
             BLOCK_HALF=triton.next_power_of_2(half), BLOCK_D=triton.next_power_of_2(head_dim),
             num_warps=norm_warps(head_dim) if has_norm else 4)  # norm_warps: rms_norm's reduction order
     return q_out
