@@ -8,7 +8,7 @@ times them one after another. Prints JSON: ceilings measured in the same run (co
 projection today's time, plain cuBLAS's, and the fastest configurations with their error against a float64
 reference.
 
-    python benchmarks/gemv_sweep.py --out gemv_sweep.json [--shapes qwen2.5-7b] [--workers 12] [--top 6]
+    python benchmarks/gemv_sweep.py --out gemv_sweep.json [--shapes qwen2.5-7b] [--ops down] [--wide] [--workers 12]
 """
 import argparse
 import datetime
@@ -46,13 +46,18 @@ def projections(shape: str) -> dict[str, tuple[int, int, int, bool]]:
             "lm_head": (VOCAB, hidden, R.PLAIN, False)}
 
 
-def configs(n: int, k: int, prologue: int, sms: int) -> list[dict]:
+WIDE_TILES = [(bn, bk) for bn in (2, 4, 8, 16, 32, 64) for bk in (128, 256, 512, 1024, 2048)]
+
+
+def configs(n: int, k: int, prologue: int, sms: int, wide: bool = False) -> list[dict]:
+    """The grid timed for one projection; wide: more tiles, warps, stages and uneven splits (slower to sweep)."""
     out = []
-    for (block_n, block_k), warps, stages in itertools.product(TILES, (4, 8), (2, 4)):
+    grid = itertools.product(WIDE_TILES, (2, 4, 8), (1, 2)) if wide else itertools.product(TILES, (4, 8), (2, 4))
+    for (block_n, block_k), warps, stages in grid:
         per_thread = block_n * block_k // (32 * warps)
         if not 8 <= per_thread <= 128 or block_k > k:
             continue
-        for split in (1, 2, 4, 8):
+        for split in (1, 2, 3, 4, 6, 8) if wide else (1, 2, 4, 8):
             programs = math.ceil(n / block_n) * split
             if split > 1 and (prologue == R.NORM or n > R.MAX_SPLIT_N or k // split < block_k
                               or math.ceil(n / block_n) >= 8 * sms):
@@ -121,9 +126,9 @@ def graph_seconds(step, calls: int) -> float:
     return statistics.median(times)
 
 
-def jobs(shapes: list[str], sms: int) -> list[tuple[str, str, dict]]:
-    return [(shape, op, cfg) for shape in shapes for op, (n, k, pro, _) in projections(shape).items()
-            for cfg in configs(n, k, pro, sms)]
+def jobs(shapes: list[str], ops: list[str], sms: int, wide: bool) -> list[tuple[str, str, dict]]:
+    return [(shape, op, cfg) for shape in shapes for op, (n, k, pro, _) in projections(shape).items() if op in ops
+            for cfg in configs(n, k, pro, sms, wide)]
 
 
 def compile_worker(args: tuple[list[tuple[str, str, dict]], int]) -> int:
@@ -154,7 +159,8 @@ def ceilings(dev: torch.device) -> dict:
     return {"copy_GBps": 2 * src.nbytes / copy_s / 1e9, "read_GBps": big.nbytes / read_s / 1e9}
 
 
-def measure(shape: str, op: str, dev: torch.device, l2: int, sms: int, top: int, deadline: float) -> dict:
+def measure(shape: str, op: str, dev: torch.device, l2: int, sms: int, top: int, deadline: float,
+            wide: bool = False) -> dict:
     """Today's launches, plain cuBLAS and every configuration (until the deadline) for one projection."""
     n, k, pro, bias = projections(shape)[op]
     nbytes = n * k * DT.itemsize
@@ -168,7 +174,7 @@ def measure(shape: str, op: str, dev: torch.device, l2: int, sms: int, top: int,
     linear_s = graph_seconds(lambda i: F.linear(t["x"][:, :k], ws[i % copies]), calls)
     today_err = (today(pro, t, ws[0])[0].double() - want).abs().max().item() / scale
     rows = []
-    for cfg in configs(n, k, pro, sms):
+    for cfg in configs(n, k, pro, sms, wide):
         if time.perf_counter() > deadline:
             break
         try:
@@ -185,13 +191,15 @@ def measure(shape: str, op: str, dev: torch.device, l2: int, sms: int, top: int,
             "linear_us": linear_s * 1e6, "linear_GBps": nbytes / linear_s / 1e9, "today_err": today_err,
             "timed": len(timed), "failed": [r for r in rows if "error" in r][:3], "best": timed[:top],
             "by_split": {s: min((r for r in timed if r["config"]["SPLIT_K"] == s), key=lambda r: r["us"],
-                                default=None) for s in (1, 2, 4, 8)}}
+                                default=None) for s in (1, 2, 3, 4, 6, 8)}}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", required=True)
     ap.add_argument("--shapes", default=",".join(SHAPES))
+    ap.add_argument("--ops", default="qkv,o,gate_up,down,lm_head")
+    ap.add_argument("--wide", action="store_true", help="a wider grid (see configs)")
     ap.add_argument("--workers", type=int, default=12)
     ap.add_argument("--top", type=int, default=6)
     ap.add_argument("--budget-s", type=float, default=240, help="stop timing new configurations after this long")
@@ -200,7 +208,8 @@ def main() -> None:
     shapes = args.shapes.split(",")
     sms = torch.cuda.get_device_properties(dev).multi_processor_count
     l2 = torch.cuda.get_device_properties(dev).L2_cache_size
-    all_jobs = jobs(shapes, sms)
+    ops = args.ops.split(",")
+    all_jobs = jobs(shapes, ops, sms, args.wide)
     t0 = time.perf_counter()
     by_binary: dict[tuple, tuple[str, str, dict]] = {}
     for shape, op, cfg in all_jobs:  # one job per binary: N, K and the split width are runtime arguments
@@ -218,8 +227,8 @@ def main() -> None:
               "ceilings": ceilings(dev), "projections": []}
     deadline = time.perf_counter() + args.budget_s
     for shape in shapes:
-        for op in projections(shape):
-            entry = measure(shape, op, dev, l2, sms, args.top, deadline)
+        for op in (op for op in projections(shape) if op in ops):
+            entry = measure(shape, op, dev, l2, sms, args.top, deadline, args.wide)
             result["projections"].append(entry)
             b = entry["best"][0] if entry["best"] else {"us": float("nan"), "config": None, "err": float("nan")}
             print(f"{shape:11} {op:8} today {entry['today_us']:7.1f} us  linear {entry['linear_us']:7.1f}  best "

@@ -37,7 +37,7 @@ def row_configs() -> dict[tuple[int, int, str], dict]:
     path = os.environ.get("PAGEBENCH_ROW_GEMV_TABLE")
     if not path:
         return ROW_CONFIGS
-    table = {}
+    table = dict(ROW_CONFIGS)  # the sweep's gains added, or put in place of the measured entries they cover
     with open(path) as f:
         sweep = json.load(f)
     for p in sweep["projections"]:
@@ -62,7 +62,7 @@ def row_config(n: int, k: int, prologue: str, device: torch.device) -> dict | No
 FORCE: bool | None = _env_switch("PAGEBENCH_FUSED_GEMV")  # read once; None follows the size policy
 # One-token projections (engine.kernels.row_gemv): the configurations measured faster than today's launches on an
 # H200 (benchmarks/gemv_sweep.py), by (N, K, prologue). PAGEBENCH_ROW_GEMV=0 turns them off, =1 takes them for every
-# shape (default_config where none was measured); PAGEBENCH_ROW_GEMV_TABLE names a sweep's JSON to use instead.
+# shape (default_config where none was measured); PAGEBENCH_ROW_GEMV_TABLE names a sweep's JSON whose gains join them.
 ROW_FORCE: bool | None = _env_switch("PAGEBENCH_ROW_GEMV")
 
 
