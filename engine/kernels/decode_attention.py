@@ -88,39 +88,34 @@ def _decode_split_kernel(q_ptr, k_cache_ptr, v_cache_ptr, block_tables_ptr, seq_
             tl.debug_barrier()  # every thread's partial is written before the arrival is counted
             counter = count_ptr + seq * NUM_KV_HEADS + kv_head
             if tl.atomic_add(counter, 1, sem="acq_rel") == num_splits - 1:
-                _merge_group(part_out_ptr, part_lse_ptr, out_ptr, seq, heads, g_mask, stride_ob, stride_oh,
-                             num_splits, NUM_HEADS, HEAD_DIM, BLOCK_G, BLOCK_D)
+                _merge_group(part_out_ptr, part_lse_ptr, out_ptr, seq, heads, g_mask, offs_d, out_mask, stride_ob,
+                             stride_oh, num_splits, NUM_HEADS, HEAD_DIM, BLOCK_G, BLOCK_D)
                 tl.store(counter, 0)  # ready for the next launch on this stream
 
 
 @triton.jit
-def _merge_group(part_out_ptr, part_lse_ptr, out_ptr, seq, heads, g_mask, stride_ob, stride_oh, num_splits,
-                 NUM_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_D: tl.constexpr):
-    """The splits of one GQA group by log-sum-exp, in split order, half a head at a time (a whole [BLOCK_G, BLOCK_D]
-    tile of 64-bit addresses on top of the main loop's registers spilled); .cg reads the other programs' partials
-    from L2."""
+def _merge_group(part_out_ptr, part_lse_ptr, out_ptr, seq, heads, g_mask, offs_d, out_mask, stride_ob, stride_oh,
+                 num_splits, NUM_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_G: tl.constexpr,
+                 BLOCK_D: tl.constexpr):
+    """The splits of one GQA group by log-sum-exp, in split order; .cg reads the other programs' partials from L2."""
     base = (seq.to(tl.int64) * NUM_HEADS + heads) * num_splits
     top = tl.load(part_lse_ptr + base, mask=g_mask, other=float("-inf"), cache_modifier=".cg")
     for s in range(1, num_splits):
         top = tl.maximum(top, tl.load(part_lse_ptr + base + s, mask=g_mask, other=float("-inf"),
                                       cache_modifier=".cg"))
     top = tl.where(top == float("-inf"), 0.0, top)
-    HALF_D: tl.constexpr = BLOCK_D // 2
-    for d0 in tl.static_range(0, BLOCK_D, HALF_D):
-        offs_d = d0 + tl.arange(0, HALF_D)
-        mask = g_mask[:, None] & (offs_d[None, :] < HEAD_DIM)
-        total = tl.zeros_like(top)
-        merged = tl.zeros([BLOCK_G, HALF_D], tl.float32)
-        for s in range(num_splits):
-            weight = tl.exp2(tl.load(part_lse_ptr + base + s, mask=g_mask, other=float("-inf"),
-                                     cache_modifier=".cg") - top)
-            total += weight
-            part = tl.load(part_out_ptr + (base + s)[:, None] * HEAD_DIM + offs_d[None, :], mask=mask, other=0.0,
-                           cache_modifier=".cg")
-            merged += part * weight[:, None]
-        merged = merged / tl.where(total > 0, total, 1.0)[:, None]
-        out = out_ptr + seq.to(tl.int64) * stride_ob + heads[:, None] * stride_oh + offs_d[None, :]
-        tl.store(out, merged.to(out_ptr.dtype.element_ty), mask=mask)
+    total = tl.zeros_like(top)
+    merged = tl.zeros([BLOCK_G, BLOCK_D], tl.float32)
+    for s in range(num_splits):
+        weight = tl.exp2(tl.load(part_lse_ptr + base + s, mask=g_mask, other=float("-inf"), cache_modifier=".cg")
+                         - top)
+        total += weight
+        part = tl.load(part_out_ptr + (base + s)[:, None] * HEAD_DIM + offs_d[None, :], mask=out_mask, other=0.0,
+                       cache_modifier=".cg")
+        merged += part * weight[:, None]
+    merged = merged / tl.where(total > 0, total, 1.0)[:, None]
+    out = out_ptr + seq.to(tl.int64) * stride_ob + heads[:, None] * stride_oh + offs_d[None, :]
+    tl.store(out, merged.to(out_ptr.dtype.element_ty), mask=out_mask)
 
 
 @triton.jit(do_not_specialize=["num_splits"])
