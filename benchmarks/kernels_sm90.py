@@ -60,11 +60,9 @@ def cases() -> dict[str, tuple]:
         block_n = decode_attention.decode_config(d)["BLOCK_N"]
         for s in (1, splits):
             out[f"decode {name} splits={s}"] = (decode_attention._decode_split_kernel, (
-                q, kc, kc, bt, sl, q, po, pl, sl, 0.1, q.stride(0), q.stride(1), q.stride(0), q.stride(1),
-                bt.stride(0), s),
+                q, kc, kc, bt, sl, q, po, pl, 0.1, q.stride(0), q.stride(1), q.stride(0), q.stride(1), bt.stride(0), s),
                 dict(NUM_HEADS=hq, NUM_KV_HEADS=hkv, HEAD_DIM=d, BLOCK_SIZE=bs, BLOCK_G=16, BLOCK_D=d,
-                     BLOCK_N=block_n, DIRECT=s == 1, MERGE=s > 1, UPCAST=False, PRECISION="tf32", num_warps=4,
-                     num_stages=2))
+                     BLOCK_N=block_n, DIRECT=s == 1, UPCAST=False, PRECISION="tf32", num_warps=4, num_stages=2))
         out[f"merge {name}"] = (decode_attention._decode_merge_kernel, (po, pl, q, q.stride(0), q.stride(1), splits),
                                 dict(NUM_HEADS=hq, HEAD_DIM=d, BLOCK_D=d, BLOCK_S=splits,
                                      num_warps=2))

@@ -1,11 +1,9 @@
 """Paged decode attention: split-K flash-decoding over block tables, one query token per sequence.
 
 Grid (sequence, KV head, split): a program scores the whole GQA group of its KV head at once (padded to 16 rows so
-tl.dot runs on the tensor cores) over its share of the sequence, with an online softmax; the last split of a
-(sequence, KV head) to finish, told by an arrival counter, merges the splits by log-sum-exp, so one launch does it
-all (a second kernel merges where the counters run out). The split count depends on shapes only, and each sequence
-divides its own length among the splits, so the call never reads device values on the host and can be captured in
-a CUDA graph.
+tl.dot runs on the tensor cores) over its share of the sequence, with an online softmax; a second kernel merges the
+splits by log-sum-exp. The split count depends on shapes only, and each sequence divides its own length among the
+splits, so the call never reads device values on the host and can be captured in a CUDA graph.
 """
 import math
 
@@ -17,7 +15,6 @@ from engine.kernels.common import check_cache, check_out, dot_flags, num_sms, on
 
 LOG2E = 1.4426950408889634
 MAX_SPLITS = 32
-MAX_COUNTERS = 1 << 16  # (sequence, KV head) pairs a launch can merge in place
 
 
 # Ints and int pointers that vary with a step's make-up are not specialized on (value 1, multiple of 16, 16-byte
@@ -25,10 +22,10 @@ MAX_COUNTERS = 1 << 16  # (sequence, KV head) pairs a launch can merge in place
 @triton.jit(do_not_specialize=["stride_bt", "num_splits"],
             do_not_specialize_on_alignment=["block_tables_ptr", "seq_lens_ptr"])
 def _decode_split_kernel(q_ptr, k_cache_ptr, v_cache_ptr, block_tables_ptr, seq_lens_ptr, out_ptr, part_out_ptr,
-                         part_lse_ptr, count_ptr, qk_scale, stride_qb, stride_qh, stride_ob, stride_oh, stride_bt,
-                         num_splits, NUM_HEADS: tl.constexpr, NUM_KV_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr,
+                         part_lse_ptr, qk_scale, stride_qb, stride_qh, stride_ob, stride_oh, stride_bt, num_splits,
+                         NUM_HEADS: tl.constexpr, NUM_KV_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr,
                          BLOCK_SIZE: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_D: tl.constexpr,
-                         BLOCK_N: tl.constexpr, DIRECT: tl.constexpr, MERGE: tl.constexpr, UPCAST: tl.constexpr,
+                         BLOCK_N: tl.constexpr, DIRECT: tl.constexpr, UPCAST: tl.constexpr,
                          PRECISION: tl.constexpr):
     seq = tl.program_id(0)
     kv_head = tl.program_id(1)
@@ -84,38 +81,6 @@ def _decode_split_kernel(q_ptr, k_cache_ptr, v_cache_ptr, block_tables_ptr, seq_
         tl.store(part_out_ptr + part[:, None] * HEAD_DIM + offs_d[None, :], acc, mask=out_mask)
         tl.store(part_lse_ptr + part, tl.where(filled, m_i + tl.log2(tl.where(filled, l_i, 1.0)), float("-inf")),
                  mask=g_mask)
-        if MERGE:
-            tl.debug_barrier()  # every thread's partial is written before the arrival is counted
-            counter = count_ptr + seq * NUM_KV_HEADS + kv_head
-            if tl.atomic_add(counter, 1, sem="acq_rel") == num_splits - 1:
-                _merge_group(part_out_ptr, part_lse_ptr, out_ptr, seq, heads, g_mask, offs_d, out_mask, stride_ob,
-                             stride_oh, num_splits, NUM_HEADS, HEAD_DIM, BLOCK_G, BLOCK_D)
-                tl.store(counter, 0)  # ready for the next launch on this stream
-
-
-@triton.jit
-def _merge_group(part_out_ptr, part_lse_ptr, out_ptr, seq, heads, g_mask, offs_d, out_mask, stride_ob, stride_oh,
-                 num_splits, NUM_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_G: tl.constexpr,
-                 BLOCK_D: tl.constexpr):
-    """The splits of one GQA group by log-sum-exp, in split order; .cg reads the other programs' partials from L2."""
-    base = (seq.to(tl.int64) * NUM_HEADS + heads) * num_splits
-    top = tl.load(part_lse_ptr + base, mask=g_mask, other=float("-inf"), cache_modifier=".cg")
-    for s in range(1, num_splits):
-        top = tl.maximum(top, tl.load(part_lse_ptr + base + s, mask=g_mask, other=float("-inf"),
-                                      cache_modifier=".cg"))
-    top = tl.where(top == float("-inf"), 0.0, top)
-    total = tl.zeros_like(top)
-    merged = tl.zeros([BLOCK_G, BLOCK_D], tl.float32)
-    for s in range(num_splits):
-        weight = tl.exp2(tl.load(part_lse_ptr + base + s, mask=g_mask, other=float("-inf"), cache_modifier=".cg")
-                         - top)
-        total += weight
-        part = tl.load(part_out_ptr + (base + s)[:, None] * HEAD_DIM + offs_d[None, :], mask=out_mask, other=0.0,
-                       cache_modifier=".cg")
-        merged += part * weight[:, None]
-    merged = merged / tl.where(total > 0, total, 1.0)[:, None]
-    out = out_ptr + seq.to(tl.int64) * stride_ob + heads[:, None] * stride_oh + offs_d[None, :]
-    tl.store(out, merged.to(out_ptr.dtype.element_ty), mask=out_mask)
 
 
 @triton.jit(do_not_specialize=["num_splits"])
@@ -137,17 +102,6 @@ def _decode_merge_kernel(part_out_ptr, part_lse_ptr, out_ptr, stride_ob, stride_
     out = tl.sum(parts * weights[:, None], 0) / tl.where(total > 0, total, 1.0)
     tl.store(out_ptr + seq.to(tl.int64) * stride_ob + head * stride_oh + offs_d, out.to(out_ptr.dtype.element_ty),
              mask=offs_d < HEAD_DIM)
-
-
-_counters: dict[torch.device, torch.Tensor] = {}
-
-
-def merge_counters(device: torch.device) -> torch.Tensor:
-    """Arrival counters, made once per device (the first decode step runs eagerly, before any CUDA graph capture) and
-    left zeroed by every launch. One stream only: two launches at once would share them."""
-    if device not in _counters:
-        _counters[device] = torch.zeros(MAX_COUNTERS, dtype=torch.int32, device=device)
-    return _counters[device]
 
 
 def decode_config(head_dim: int) -> dict:
@@ -185,14 +139,13 @@ def paged_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, 
         part_out = part_lse = out
     upcast, precision = dot_flags(q.dtype)
     block_d = triton.next_power_of_2(head_dim)
-    merge = splits > 1 and batch * num_kv_heads <= MAX_COUNTERS
     _decode_split_kernel[(batch, num_kv_heads, splits)](
-        q, k_cache, v_cache, block_tables, seq_lens, out, part_out, part_lse,
-        merge_counters(q.device) if merge else seq_lens, scale * LOG2E, q.stride(0), q.stride(1), out.stride(0),
-        out.stride(1), block_tables.stride(0), splits, NUM_HEADS=num_heads, NUM_KV_HEADS=num_kv_heads,
-        HEAD_DIM=head_dim, BLOCK_SIZE=block_size, BLOCK_G=max(16, triton.next_power_of_2(num_heads // num_kv_heads)),
-        BLOCK_D=block_d, BLOCK_N=block_n, DIRECT=splits == 1, MERGE=merge, UPCAST=upcast, PRECISION=precision, **cfg)
-    if splits > 1 and not merge:
+        q, k_cache, v_cache, block_tables, seq_lens, out, part_out, part_lse, scale * LOG2E,
+        q.stride(0), q.stride(1), out.stride(0), out.stride(1), block_tables.stride(0), splits,
+        NUM_HEADS=num_heads, NUM_KV_HEADS=num_kv_heads, HEAD_DIM=head_dim, BLOCK_SIZE=block_size,
+        BLOCK_G=max(16, triton.next_power_of_2(num_heads // num_kv_heads)), BLOCK_D=block_d, BLOCK_N=block_n,
+        DIRECT=splits == 1, UPCAST=upcast, PRECISION=precision, **cfg)
+    if splits > 1:
         _decode_merge_kernel[(batch, num_heads)](
             part_out, part_lse, out, out.stride(0), out.stride(1), splits, NUM_HEADS=num_heads, HEAD_DIM=head_dim,
             BLOCK_D=block_d, BLOCK_S=MAX_SPLITS, num_warps=2)
