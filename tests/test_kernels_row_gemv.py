@@ -148,9 +148,10 @@ def test_row_config_switch(G, monkeypatch):
         assert G.row_config(64, 32, "plain", cpu) is None, "the CPU engine keeps its torch path"
         monkeypatch.setattr(G, "ROW_FORCE", False)
         assert G.row_config(64, 32, "plain", cpu) is None
-        monkeypatch.setattr(G, "ROW_FORCE", True)
-        assert G.row_config(64, 32, "plain", cpu) == {"BLOCK_N": 16, "BLOCK_K": 32, "SPLIT_K": 1}
-        assert G.row_config(3584, 18944, "silu_mul", cpu) == G.row_gemv.default_config(3584, 18944, 2, 4)
+        monkeypatch.setattr(G, "ROW_FORCE", True)  # on a GPU, or on the CPU under the interpreter (tests)
+        assert G.row_config(64, 32, "plain", DEVICE) == {"BLOCK_N": 16, "BLOCK_K": 32, "SPLIT_K": 1}
+        sms = G.num_sms(DEVICE)
+        assert G.row_config(3584, 18944, "silu_mul", DEVICE) == G.row_gemv.default_config(3584, 18944, 2, sms)
     finally:
         G.row_configs.cache_clear()
 
