@@ -1,6 +1,7 @@
 """Small-batch (M <= 16 tokens) projections with their prologue fused in: RMSNorm (+ residual add) before the QKV and
 gate/up projections, SiLU*mul before down_proj. At batch 1 a decode step is launch-bound; each fusion saves a launch
-(two where cuBLAS adds a split-K reduce)."""
+(two where cuBLAS adds a split-K reduce). One token goes to engine.kernels.row_gemv where ROW_CONFIGS holds a
+configuration measured faster than the unfused launches; the 16-row kernel here where the size policy takes it."""
 import functools
 import json
 import os
@@ -72,9 +73,10 @@ def _row(block_n: int, block_k: int, split_k: int, num_warps: int, num_stages: i
 
 
 # Measured 2026-12-03 on an H200 (gemv_sweep.py at 9338f09, docs/benchmarks/2026-12-03-h200-gemv-sweep-9338f09.json):
-# us per call inside CUDA graphs, this kernel / today's launches (the norm or SiLU*mul launch, then cuBLAS or, for the
-# 0.6B o_proj, the 16-row kernel). Not taken: Qwen2.5-7B's down_proj (40.5 against 39.3 us: K = 18,944 rows stream
-# at 3.4 TB/s here against 4.0 for gate/up) and the LM heads (within 2% of cuBLAS).
+# us per call inside CUDA graphs, this kernel / the unfused launches (the norm or SiLU*mul launch, then cuBLAS; the
+# 0.6B o_proj took the 16-row kernel before, 6.3 us). Not taken: Qwen2.5-7B's down_proj (40.5 against 39.3 us, 38.9
+# against 39.0 in a 630-configuration sweep: its 18,944-wide rows stream at 3.5 TB/s against 4.0 for gate/up) and
+# the LM heads (within 2% of cuBLAS).
 ROW_CONFIGS: dict[tuple[int, int, str], dict] = {
     (4096, 1024, "norm"): _row(8, 1024, 1, 4, 2),  # 0.6B qkv 5.2 / 7.2
     (1024, 2048, "plain"): _row(4, 1024, 1, 8, 2),  # 0.6B o 3.9 / 12.7
