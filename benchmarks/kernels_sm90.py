@@ -24,7 +24,7 @@ from triton.compiler import compile as triton_compile  # noqa: E402
 from triton.runtime.jit import create_function_from_signature  # noqa: E402
 
 from engine.kernels import (activation, decode_attention, extend_attention, kv_cache, norm,  # noqa: E402
-                            rotary_embedding, rotary_kv, sampler)
+                            rotary_embedding, rotary_kv, row_gemv, sampler)
 
 TARGET = GPUTarget("cuda", 90, 32)
 TOOLS = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
@@ -104,6 +104,16 @@ def cases() -> dict[str, tuple]:
     g = torch.empty(64, 2 * 27648, dtype=bf16)
     out["silu_and_mul 27648"] = (activation._silu_and_mul_kernel, (g, x, g.stride(0)),
                                  dict(N=27648, BLOCK=1024, num_warps=4))
+    for (n, k, prologue), config in row_gemv.ROW_CONFIGS.items():  # the one-token projections the engine takes
+        name = {1024: "qwen3-0.6b", 3584: "qwen2.5-7b"}.get(min(n, k), f"{n}x{k}")
+        w, xr, y = torch.empty(n, k, dtype=bf16), torch.empty(1, 2 * k, dtype=bf16), torch.empty(1, n, dtype=bf16)
+        part, count = torch.empty(row_gemv.MAX_SPLIT_K * row_gemv.MAX_SPLIT_N), torch.empty(n, dtype=i32)
+        kw = dict(config)
+        split = kw.pop("SPLIT_K")
+        pro = row_gemv.PROLOGUES.index(prologue)
+        out[f"row_gemv {name} {n}x{k} {prologue}"] = (row_gemv._row_gemv_kernel, (
+            xr, xr, w, w, w, y, y, part, count, 1e-6, n, k, k // split),
+            dict(SPLIT_K=split, PROLOGUE=pro, HAS_RESIDUAL=pro == row_gemv.NORM, HAS_BIAS=n == 4608, **kw))
     logits = torch.empty(64, 151936)
     temps = torch.empty(64)
     best, idx = torch.empty(64, 38), torch.empty(64, 38, dtype=torch.int64)

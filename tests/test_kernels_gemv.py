@@ -148,10 +148,10 @@ def test_policy_and_switch(G, monkeypatch):
     assert not G.fused_gemv_enabled(1, 64, 64, BF16)
     for value, want in (("0", False), ("1", True), ("", None), ("auto", None)):
         monkeypatch.setenv("PAGEBENCH_FUSED_GEMV", value)
-        assert G._env_switch("PAGEBENCH_FUSED_GEMV") is want
+        assert G.env_switch("PAGEBENCH_FUSED_GEMV") is want
     monkeypatch.setenv("PAGEBENCH_FUSED_GEMV", "yes")
     with pytest.raises(ValueError, match="PAGEBENCH_FUSED_GEMV"):
-        G._env_switch("PAGEBENCH_FUSED_GEMV")
+        G.env_switch("PAGEBENCH_FUSED_GEMV")
 
 
 def test_bad_inputs_name_the_problem(G):

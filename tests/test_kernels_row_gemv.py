@@ -123,43 +123,43 @@ def _sweep_file(tmp_path, today_us: float, best_us: float) -> str:
     return str(path)
 
 
-def test_table_from_a_sweep_keeps_only_gains(G, tmp_path, monkeypatch):
+def test_table_from_a_sweep_keeps_only_gains(R, tmp_path, monkeypatch):
     monkeypatch.setenv("PAGEBENCH_ROW_GEMV_TABLE", _sweep_file(tmp_path, today_us=12.0, best_us=10.0))
-    G.row_configs.cache_clear()
+    R.row_configs.cache_clear()
     try:
-        monkeypatch.setattr(G, "ROW_CONFIGS", {(1, 2, "plain"): {"BLOCK_N": 4}, (4608, 3584, "norm"): {}})
-        G.row_configs.cache_clear()
-        assert G.row_configs() == {(1, 2, "plain"): {"BLOCK_N": 4}, (4608, 3584, "norm"): {
+        monkeypatch.setattr(R, "ROW_CONFIGS", {(1, 2, "plain"): {"BLOCK_N": 4}, (4608, 3584, "norm"): {}})
+        R.row_configs.cache_clear()
+        assert R.row_configs() == {(1, 2, "plain"): {"BLOCK_N": 4}, (4608, 3584, "norm"): {
             "BLOCK_N": 8, "BLOCK_K": 512, "SPLIT_K": 1, "num_warps": 4, "num_stages": 2}}
         monkeypatch.setenv("PAGEBENCH_ROW_GEMV_TABLE", _sweep_file(tmp_path, today_us=12.0, best_us=11.9))
-        G.row_configs.cache_clear()
-        assert G.row_configs() == {(1, 2, "plain"): {"BLOCK_N": 4}, (4608, 3584, "norm"): {}}, "under 3%: not taken"
+        R.row_configs.cache_clear()
+        assert R.row_configs() == {(1, 2, "plain"): {"BLOCK_N": 4}, (4608, 3584, "norm"): {}}, "under 3%: not taken"
     finally:
-        G.row_configs.cache_clear()
+        R.row_configs.cache_clear()
 
 
-def test_row_config_switch(G, monkeypatch):
+def test_row_config_switch(R, monkeypatch):
     cpu = torch.device("cpu")
     monkeypatch.delenv("PAGEBENCH_ROW_GEMV_TABLE", raising=False)
-    monkeypatch.setattr(G, "ROW_CONFIGS", {(64, 32, "plain"): {"BLOCK_N": 16, "BLOCK_K": 32, "SPLIT_K": 1}})
-    G.row_configs.cache_clear()
+    monkeypatch.setattr(R, "ROW_CONFIGS", {(64, 32, "plain"): {"BLOCK_N": 16, "BLOCK_K": 32, "SPLIT_K": 1}})
+    R.row_configs.cache_clear()
     try:
-        monkeypatch.setattr(G, "ROW_FORCE", None)
-        assert G.row_config(64, 32, "plain", cpu) is None, "the CPU engine keeps its torch path"
-        monkeypatch.setattr(G, "ROW_FORCE", False)
-        assert G.row_config(64, 32, "plain", cpu) is None
-        monkeypatch.setattr(G, "ROW_FORCE", True)  # on a GPU, or on the CPU under the interpreter (tests)
-        assert G.row_config(64, 32, "plain", DEVICE) == {"BLOCK_N": 16, "BLOCK_K": 32, "SPLIT_K": 1}
-        sms = G.num_sms(DEVICE)
-        assert G.row_config(3584, 18944, "silu_mul", DEVICE) == G.row_gemv.default_config(3584, 18944, 2, sms)
+        monkeypatch.setattr(R, "ROW_FORCE", None)
+        assert R.row_config(64, 32, "plain", cpu) is None, "the CPU engine keeps its torch path"
+        monkeypatch.setattr(R, "ROW_FORCE", False)
+        assert R.row_config(64, 32, "plain", cpu) is None
+        monkeypatch.setattr(R, "ROW_FORCE", True)  # on a GPU, or on the CPU under the interpreter (tests)
+        assert R.row_config(64, 32, "plain", DEVICE) == {"BLOCK_N": 16, "BLOCK_K": 32, "SPLIT_K": 1}
+        sms = R.num_sms(DEVICE)
+        assert R.row_config(3584, 18944, "silu_mul", DEVICE) == R.default_config(3584, 18944, 2, sms)
     finally:
-        G.row_configs.cache_clear()
+        R.row_configs.cache_clear()
 
 
 def test_forced_row_path_through_the_fused_entry_points(G, monkeypatch):
     """gemv / norm_gemv / silu_mul_gemv at one token take the row kernel when it is on, and agree with the
     16-row kernel to bf16 rounding."""
-    monkeypatch.setattr(G, "ROW_FORCE", True)
+    monkeypatch.setattr(G.row_gemv, "ROW_FORCE", True)
     gen = torch.Generator().manual_seed(3)
     x, r = torch.randn(1, 96, generator=gen).to(BF16), torch.randn(1, 96, generator=gen).to(BF16)
     w, nw = (torch.randn(40, 96, generator=gen) / 10).to(BF16), (1 + torch.randn(96, generator=gen) / 4).to(BF16)
@@ -176,7 +176,7 @@ def test_forced_row_path_through_the_fused_entry_points(G, monkeypatch):
 @pytest.mark.gpu
 @pytest.mark.skipif(not HAS_CUDA, reason="full-size shapes need a GPU")
 @pytest.mark.parametrize("shape", ["qwen2.5-7b", "qwen3-0.6b"])
-def test_full_size_projections_on_the_gpu(R, G, shape):
+def test_full_size_projections_on_the_gpu(R, shape):
     """Every projection of the real shapes at one token, with the configuration the engine would pick (the measured
     one, else the default), split or not."""
     hq, hkv, d, hidden, inter, bias = {"qwen2.5-7b": (28, 4, 128, 3584, 18944, True),
@@ -184,7 +184,7 @@ def test_full_size_projections_on_the_gpu(R, G, shape):
     for prologue, n, k, has_bias in ((1, (hq + 2 * hkv) * d, hidden, bias), (0, hidden, hq * d, False),
                                      (1, 2 * inter, hidden, False), (2, hidden, inter, False)):
         t = _inputs(prologue, n, k, BF16, has_bias, prologue == 1, seed=n)
-        config = G.row_configs().get((n, k, R.PROLOGUES[prologue])) or R.default_config(n, k, prologue, 132)
+        config = R.row_configs().get((n, k, R.PROLOGUES[prologue])) or R.default_config(n, k, prologue, 132)
         _check(R, prologue, t, config, 8e-3)
 
 

@@ -1,5 +1,6 @@
 """What every kernel module needs: interpreter detection, device facts, the Triton-or-torch choice."""
 import functools
+import os
 
 import torch
 import triton
@@ -63,3 +64,13 @@ def online_softmax_step(s, v, m_i, l_i, acc, UPCAST: tl.constexpr, PRECISION: tl
         v = v.to(tl.float32)
     acc = acc * alpha[:, None] + tl.dot(p, v, input_precision=PRECISION)
     return acc, m_new, l_i
+
+
+def env_switch(name: str) -> bool | None:
+    """An on/off/auto switch from the environment: True for 1, False for 0, None for unset or auto."""
+    value = os.environ.get(name, "").strip().lower()
+    if value in ("", "auto"):
+        return None
+    if value not in ("0", "1"):
+        raise ValueError(f"{name} must be 0, 1 or auto, got {value!r}")
+    return value == "1"

@@ -1,17 +1,14 @@
 """Small-batch (M <= 16 tokens) projections with their prologue fused in: RMSNorm (+ residual add) before the QKV and
 gate/up projections, SiLU*mul before down_proj. At batch 1 a decode step is launch-bound; each fusion saves a launch
-(two where cuBLAS adds a split-K reduce). One token goes to engine.kernels.row_gemv where ROW_CONFIGS holds a
-configuration measured faster than the unfused launches; the 16-row kernel here where the size policy takes it."""
-import functools
-import json
-import os
+(two where cuBLAS adds a split-K reduce). One token goes to engine.kernels.row_gemv where its ROW_CONFIGS holds
+a configuration measured faster than the unfused launches; the 16-row kernel here where the size policy takes it."""
 
 import torch
 import triton
 import triton.language as tl
 
 from engine.kernels import row_gemv
-from engine.kernels.common import INTERPRET, dot_flags, num_sms
+from engine.kernels.common import INTERPRET, dot_flags, env_switch, num_sms
 from engine.kernels.norm import rms_scale
 
 MAX_M = 16  # tl.dot needs 16 rows: one row tile, rows >= M masked to zero
@@ -22,71 +19,7 @@ PLAIN, NORM, SILU_MUL = 0, 1, 2
 # the whole K being too little parallelism. They stay available, forced on with PAGEBENCH_FUSED_GEMV=1.
 AUTO_MAX_M = 4
 AUTO_MAX_WEIGHT_BYTES = 4 << 20
-
-
-def _env_switch(name: str) -> bool | None:
-    value = os.environ.get(name, "").strip().lower()
-    if value in ("", "auto"):
-        return None
-    if value not in ("0", "1"):
-        raise ValueError(f"{name} must be 0, 1 or auto, got {value!r}")
-    return value == "1"
-
-
-@functools.cache
-def row_configs() -> dict[tuple[int, int, str], dict]:
-    path = os.environ.get("PAGEBENCH_ROW_GEMV_TABLE")
-    if not path:
-        return ROW_CONFIGS
-    table = dict(ROW_CONFIGS)  # the sweep's gains added, or put in place of the measured entries they cover
-    with open(path) as f:
-        sweep = json.load(f)
-    for p in sweep["projections"]:
-        if p["best"] and p["best"][0]["us"] <= ROW_MIN_GAIN * p["today_us"]:
-            table[(p["N"], p["K"], p["prologue"])] = p["best"][0]["config"]
-    return table
-
-
-def row_config(n: int, k: int, prologue: str, device: torch.device) -> dict | None:
-    """The one-token kernel's configuration for this projection, or None where today's launches stay: measured on
-    Hopper (compute capability 9.0) only, so other GPUs keep cuBLAS unless PAGEBENCH_ROW_GEMV=1."""
-    if ROW_FORCE is False or not (device.type == "cuda" or INTERPRET and ROW_FORCE):
-        return None
-    config = row_configs().get((n, k, prologue))
-    if ROW_FORCE:
-        return config or row_gemv.default_config(n, k, row_gemv.PROLOGUES.index(prologue), num_sms(device))
-    if config is None or torch.cuda.get_device_capability(device) != (9, 0):
-        return None
-    return config
-
-
-FORCE: bool | None = _env_switch("PAGEBENCH_FUSED_GEMV")  # read once; None follows the size policy
-# One-token projections (engine.kernels.row_gemv): the configurations measured faster than today's launches on an
-# H200 (benchmarks/gemv_sweep.py), by (N, K, prologue). PAGEBENCH_ROW_GEMV=0 turns them off, =1 takes them for every
-# shape (default_config where none was measured); PAGEBENCH_ROW_GEMV_TABLE names a sweep's JSON whose gains join them.
-ROW_FORCE: bool | None = _env_switch("PAGEBENCH_ROW_GEMV")
-
-
-def _row(block_n: int, block_k: int, split_k: int, num_warps: int, num_stages: int) -> dict:
-    return {"BLOCK_N": block_n, "BLOCK_K": block_k, "SPLIT_K": split_k, "num_warps": num_warps,
-            "num_stages": num_stages}
-
-
-# Measured 2026-12-03 on an H200 (gemv_sweep.py at 9338f09, docs/benchmarks/2026-12-03-h200-gemv-sweep-9338f09.json):
-# us per call inside CUDA graphs, this kernel / the unfused launches (the norm or SiLU*mul launch, then cuBLAS; the
-# 0.6B o_proj took the 16-row kernel before, 6.3 us). Not taken: Qwen2.5-7B's down_proj (40.5 against 39.3 us, 38.9
-# against 39.0 in a 630-configuration sweep: its 18,944-wide rows stream at 3.5 TB/s against 4.0 for gate/up) and
-# the LM heads (within 2% of cuBLAS).
-ROW_CONFIGS: dict[tuple[int, int, str], dict] = {
-    (4096, 1024, "norm"): _row(8, 1024, 1, 4, 2),  # 0.6B qkv 5.2 / 7.2
-    (1024, 2048, "plain"): _row(4, 1024, 1, 8, 2),  # 0.6B o 3.9 / 12.7
-    (6144, 1024, "norm"): _row(16, 512, 1, 4, 4),  # 0.6B gate/up 6.4 / 7.8
-    (1024, 3072, "silu_mul"): _row(16, 256, 8, 8, 2),  # 0.6B down 5.6 / 8.9
-    (4608, 3584, "norm"): _row(16, 512, 1, 4, 2),  # 7B qkv 11.9 / 13.4
-    (3584, 3584, "plain"): _row(4, 512, 1, 8, 4),  # 7B o 9.7 / 11.9
-    (37888, 3584, "norm"): _row(8, 512, 1, 4, 2),  # 7B gate/up 67.8 / 72.1
-}
-ROW_MIN_GAIN = 0.97  # a measured configuration must take at most this share of today's time
+FORCE: bool | None = env_switch("PAGEBENCH_FUSED_GEMV")  # read once; None follows the size policy
 
 
 def fused_gemv_enabled(m: int, n: int, k: int, dtype: torch.dtype, prologue: str = "plain") -> bool:
@@ -103,7 +36,7 @@ def fused_gemv_allowed(x: torch.Tensor, weight: torch.Tensor, prologue: str = "p
     """On CPU tensors the kernels run only in the interpreter, and only when forced on (tests): the CPU engine keeps
     its torch path, which is token-identical to Hugging Face."""
     one_token = x.dim() == 2 and x.size(0) == 1 and x.dtype == weight.dtype != torch.float32
-    if one_token and row_config(weight.size(0), weight.size(1), prologue, x.device) is not None:
+    if one_token and row_gemv.row_config(weight.size(0), weight.size(1), prologue, x.device) is not None:
         return True
     if not (x.is_cuda or INTERPRET and FORCE is True) or x.dim() != 2 or x.dtype != weight.dtype:
         return False
@@ -208,7 +141,7 @@ def _launch(prologue: int, x: torch.Tensor, weight: torch.Tensor, bias: torch.Te
             raise ValueError(f"residual {tuple(residual.shape)} {residual.dtype} must match x {tuple(x.shape)}")
         rs = _rows(residual, "residual")
     one_token = xs.size(0) == 1 and config is None and FORCE is not True  # forced: the 16-row kernel, as tested
-    row = row_config(n, k, row_gemv.PROLOGUES[prologue], x.device) if one_token else None
+    row = row_gemv.row_config(n, k, row_gemv.PROLOGUES[prologue], x.device) if one_token else None
     if row is not None:
         y, new_residual = row_gemv.row_gemv(prologue, xs, weight, bias, residual if residual is None else rs,
                                             norm_weight, eps, row)

@@ -4,9 +4,15 @@ grid is as wide as HBM needs. The prologue is fused in: RMSNorm with the residua
 finished dot products, so one pass over K), or SiLU*mul. Where N alone gives too few programs, K is split; each
 split writes its partial sums and the last program of an output block (an arrival counter) adds them in split
 order, so results do not depend on scheduling and no second launch is needed."""
+import functools
+import json
+import os
+
 import torch
 import triton
 import triton.language as tl
+
+from engine.kernels.common import INTERPRET, env_switch, num_sms
 
 PLAIN, NORM, SILU_MUL = 0, 1, 2
 PROLOGUES = ("plain", "norm", "silu_mul")
@@ -110,3 +116,58 @@ def row_gemv(prologue: int, x: torch.Tensor, weight: torch.Tensor, bias: torch.T
         n, k, k_split, SPLIT_K=split, PROLOGUE=prologue, HAS_RESIDUAL=residual is not None,
         HAS_BIAS=bias is not None, **cfg)
     return y, new_residual
+
+
+# Which configuration a projection takes: those measured faster than the unfused launches on an
+# H200 (benchmarks/gemv_sweep.py), by (N, K, prologue). PAGEBENCH_ROW_GEMV=0 turns them off, =1 takes them for every
+# shape (default_config where none was measured); PAGEBENCH_ROW_GEMV_TABLE names a sweep's JSON whose gains join them.
+ROW_FORCE: bool | None = env_switch("PAGEBENCH_ROW_GEMV")
+
+
+def _row(block_n: int, block_k: int, split_k: int, num_warps: int, num_stages: int) -> dict:
+    return {"BLOCK_N": block_n, "BLOCK_K": block_k, "SPLIT_K": split_k, "num_warps": num_warps,
+            "num_stages": num_stages}
+
+
+# Measured 2026-12-03 on an H200 (gemv_sweep.py at 9338f09, docs/benchmarks/2026-12-03-h200-gemv-sweep-9338f09.json):
+# us per call inside CUDA graphs, this kernel / the unfused launches (the norm or SiLU*mul launch, then cuBLAS; the
+# 0.6B o_proj took the 16-row kernel before, 6.3 us). Not taken: Qwen2.5-7B's down_proj (40.5 against 39.3 us, 38.9
+# against 39.0 in a 630-configuration sweep: its 18,944-wide rows stream at 3.5 TB/s against 4.0 for gate/up) and
+# the LM heads (within 2% of cuBLAS).
+ROW_CONFIGS: dict[tuple[int, int, str], dict] = {
+    (4096, 1024, "norm"): _row(8, 1024, 1, 4, 2),  # 0.6B qkv 5.2 / 7.2
+    (1024, 2048, "plain"): _row(4, 1024, 1, 8, 2),  # 0.6B o 3.9 / 12.7
+    (6144, 1024, "norm"): _row(16, 512, 1, 4, 4),  # 0.6B gate/up 6.4 / 7.8
+    (1024, 3072, "silu_mul"): _row(16, 256, 8, 8, 2),  # 0.6B down 5.6 / 8.9
+    (4608, 3584, "norm"): _row(16, 512, 1, 4, 2),  # 7B qkv 11.9 / 13.4
+    (3584, 3584, "plain"): _row(4, 512, 1, 8, 4),  # 7B o 9.7 / 11.9
+    (37888, 3584, "norm"): _row(8, 512, 1, 4, 2),  # 7B gate/up 67.8 / 72.1
+}
+ROW_MIN_GAIN = 0.97  # a measured configuration must take at most this share of today's time
+
+
+@functools.cache
+def row_configs() -> dict[tuple[int, int, str], dict]:
+    path = os.environ.get("PAGEBENCH_ROW_GEMV_TABLE")
+    if not path:
+        return ROW_CONFIGS
+    table = dict(ROW_CONFIGS)  # the sweep's gains added, or put in place of the measured entries they cover
+    with open(path) as f:
+        sweep = json.load(f)
+    for p in sweep["projections"]:
+        if p["best"] and p["best"][0]["us"] <= ROW_MIN_GAIN * p["today_us"]:
+            table[(p["N"], p["K"], p["prologue"])] = p["best"][0]["config"]
+    return table
+
+
+def row_config(n: int, k: int, prologue: str, device: torch.device) -> dict | None:
+    """The one-token kernel's configuration for this projection, or None where today's launches stay: measured on
+    Hopper (compute capability 9.0) only, so other GPUs keep cuBLAS unless PAGEBENCH_ROW_GEMV=1."""
+    if ROW_FORCE is False or not (device.type == "cuda" or INTERPRET and ROW_FORCE):
+        return None
+    config = row_configs().get((n, k, prologue))
+    if ROW_FORCE:
+        return config or default_config(n, k, PROLOGUES.index(prologue), num_sms(device))
+    if config is None or torch.cuda.get_device_capability(device) != (9, 0):
+        return None
+    return config
