@@ -1,7 +1,9 @@
 """Reads a GGUF file: its config, its tensors dequantized, and the tokenizer and chat template it carries."""
+import functools
 from collections.abc import Iterator
 
 import numpy as np
+import numpy.typing as npt
 import torch
 
 from engine.config import ModelConfig
@@ -22,12 +24,37 @@ TENSOR_NAMES = {
 }
 
 
+@functools.cache
+def _reader_class() -> type:
+    """gguf-py's reader, slicing a plain ndarray view of its memory map instead of the np.memmap itself.
+
+    Every slice of an np.memmap runs memmap.__array_finalize__ in Python: walking SmolLM2's 49,152-token vocabulary
+    and merges took 2.0 s of a 6.7 s start, 0.65 s this way (this VM, gguf 0.19). The file stays mapped, not read:
+    the views keep the map alive. tests/test_gguf_reader.py checks every field and tensor against the stock reader."""
+    from gguf import GGUFReader
+
+    class PlainViewReader(GGUFReader):
+        def _get(self, offset: int, dtype: npt.DTypeLike, count: int = 1,
+                 override_order: str | None = None) -> np.ndarray:
+            plain = self.__dict__.get("_plain")
+            if plain is None:
+                plain = self._plain = self.data.view(np.ndarray)
+            count = int(count)
+            arr = plain[offset:offset + np.dtype(dtype).itemsize * count].view(dtype=dtype)[:count]
+            return arr.view(arr.dtype.newbyteorder(self.byte_order if override_order is None else override_order))
+
+    return PlainViewReader
+
+
+def open_reader(path: str) -> object:
+    """A gguf.GGUFReader over path (the faster subclass above)."""
+    return _reader_class()(path)
+
+
 class GGUFFile:
     def __init__(self, path: str) -> None:
-        from gguf import GGUFReader
-
         self.path = path
-        self.reader = GGUFReader(path)
+        self.reader = open_reader(path)
         self.arch = self.field("general.architecture")
         if self.arch not in ARCHITECTURES:
             raise ValueError(f"{path}: GGUF architecture {self.arch!r} is not supported ({', '.join(ARCHITECTURES)})")
