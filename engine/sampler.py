@@ -44,8 +44,9 @@ class Sampler:
     def __call__(self, logits: torch.Tensor, seqs: list[Sequence], eos_token_ids: list[int]) -> torch.Tensor:
         """The sampled token ids, left on the logits' device: reading them waits for the GPU."""
         greedy = [s.params.temperature == 0.0 for s in seqs]
-        # bf16 to fp32 is exact, so a greedy batch takes the same argmax without the conversion kernel.
-        if not all(greedy):
+        # bf16 to fp32 is exact, so a greedy batch on a GPU takes the same argmax without the conversion kernel; the
+        # CPU's argmax over bf16 is the slower path (1.35 ms against 0.26 for cast + argmax, 8 x 49,152 logits).
+        if not all(greedy) or logits.device.type == "cpu":
             logits = logits.float()
         self._mask_early_stops(logits, seqs, eos_token_ids, self.staging)
         if all(greedy):
