@@ -16,7 +16,6 @@ import itertools
 import json
 import math
 import multiprocessing as mp
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -28,12 +27,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from engine import kernels as K
 from engine.kernels import row_gemv as R
+from kernels_gpu import graph_seconds  # benchmarks/, this script's folder, is first on sys.path
 
 SHAPES = {  # q heads, kv heads, head dim, hidden, intermediate, qkv bias
     "qwen3-0.6b": (16, 8, 128, 1024, 3072, False),
     "qwen2.5-7b": (28, 4, 128, 3584, 18944, True),
 }
-VOCAB, EPS, REPLAYS = 151936, 1e-6, 30
+VOCAB, EPS = 151936, 1e-6
 DT = torch.bfloat16
 TILES = [(4, 256), (4, 512), (4, 1024), (8, 128), (8, 256), (8, 512), (8, 1024), (16, 128), (16, 256), (16, 512),
          (16, 1024), (32, 128), (32, 256), (32, 512)]
@@ -101,29 +101,6 @@ def reference(prologue: int, t: dict, w: torch.Tensor) -> torch.Tensor:
         x = F.silu(gate) * up
     y = x @ w.double().T
     return y if t["bias"] is None else y + t["bias"].double()
-
-
-def graph_seconds(step, calls: int) -> float:
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for i in range(calls):
-            step(i)
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for i in range(calls):
-            step(i)
-    graph.replay()
-    times = []
-    for _ in range(REPLAYS):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        graph.replay()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) * 1e-3 / calls)
-    return statistics.median(times)
 
 
 def jobs(shapes: list[str], ops: list[str], sms: int, wide: bool) -> list[tuple[str, str, dict]]:

@@ -21,6 +21,17 @@ def v2_tree(tmp_path: Path, own_path: str = "/") -> tuple[Path, Path]:
     return root, proc
 
 
+def v1_tree(tmp_path: Path, proc_cgroup: str, quotas: dict[str, tuple[str, str]]) -> tuple[Path, Path]:
+    """A cgroup v1 mount with (cpu.cfs_quota_us, cpu.cfs_period_us) in each folder named, and /proc/self/cgroup."""
+    root = tmp_path / "cgroup"
+    proc = tmp_path / "proc_self_cgroup"
+    proc.write_text(proc_cgroup)
+    for folder, (quota, period) in quotas.items():
+        write(root / folder / "cpu.cfs_quota_us", quota)
+        write(root / folder / "cpu.cfs_period_us", period)
+    return root, proc
+
+
 def test_v2_quota_is_quota_over_period_and_rounds_up_to_whole_cores(tmp_path):
     root, proc = v2_tree(tmp_path)
     write(root / "cpu.max", "150000 100000\n")
@@ -59,33 +70,20 @@ def test_v2_host_path_absent_inside_the_container_falls_back_to_the_mount(tmp_pa
 
 
 def test_v1_quota_over_period(tmp_path):
-    root = tmp_path / "cgroup"
-    proc = tmp_path / "proc_self_cgroup"
-    proc.write_text("4:cpu,cpuacct:/\n3:memory:/\n0::/\n")
-    write(root / "cpu,cpuacct/cpu.cfs_quota_us", "250000\n")
-    write(root / "cpu,cpuacct/cpu.cfs_period_us", "100000\n")
+    root, proc = v1_tree(tmp_path, "4:cpu,cpuacct:/\n3:memory:/\n0::/\n", {"cpu,cpuacct": ("250000\n", "100000\n")})
     assert cgroup_cpu_limit(root, proc) == 2.5
     assert usable_cores(64, cgroup_cpu_limit(root, proc)) == 3
 
 
 def test_v1_cpu_mount_and_own_path(tmp_path):
-    root = tmp_path / "cgroup"
-    proc = tmp_path / "proc_self_cgroup"
-    proc.write_text("2:cpu:/docker/abc\n")
-    write(root / "cpu/cpu.cfs_quota_us", "-1\n")
-    write(root / "cpu/cpu.cfs_period_us", "100000\n")
-    write(root / "cpu/docker/abc/cpu.cfs_quota_us", "50000\n")
-    write(root / "cpu/docker/abc/cpu.cfs_period_us", "100000\n")
+    root, proc = v1_tree(tmp_path, "2:cpu:/docker/abc\n", {"cpu": ("-1\n", "100000\n"),
+                                                         "cpu/docker/abc": ("50000\n", "100000\n")})
     assert cgroup_cpu_limit(root, proc) == 0.5
     assert usable_cores(64, cgroup_cpu_limit(root, proc)) == 1
 
 
 def test_v1_minus_one_is_no_limit(tmp_path):
-    root = tmp_path / "cgroup"
-    proc = tmp_path / "proc_self_cgroup"
-    proc.write_text("4:cpu,cpuacct:/\n")
-    write(root / "cpu,cpuacct/cpu.cfs_quota_us", "-1\n")
-    write(root / "cpu,cpuacct/cpu.cfs_period_us", "100000\n")
+    root, proc = v1_tree(tmp_path, "4:cpu,cpuacct:/\n", {"cpu,cpuacct": ("-1\n", "100000\n")})
     assert cgroup_cpu_limit(root, proc) is None
 
 
@@ -115,11 +113,7 @@ def test_malformed_v2_is_no_limit(tmp_path, content):
 @pytest.mark.parametrize(("quota", "period"), [("lots", "100000"), ("200000", "zero"), ("200000", "0"),
                                                ("", "100000"), ("200000 1", "100000")])
 def test_malformed_v1_is_no_limit(tmp_path, quota, period):
-    root = tmp_path / "cgroup"
-    proc = tmp_path / "proc_self_cgroup"
-    proc.write_text("4:cpu,cpuacct:/\n")
-    write(root / "cpu,cpuacct/cpu.cfs_quota_us", quota)
-    write(root / "cpu,cpuacct/cpu.cfs_period_us", period)
+    root, proc = v1_tree(tmp_path, "4:cpu,cpuacct:/\n", {"cpu,cpuacct": (quota, period)})
     assert cgroup_cpu_limit(root, proc) is None
 
 

@@ -9,7 +9,8 @@ accumulation order flips a rounding; a wrong rounding order, a missing residual 
 import pytest
 import torch
 
-from tests.triton_interpreter import HAS_CUDA, interpreter_for_module, kernel_module, skip_module_if_triton_came_first
+from tests.triton_interpreter import (HAS_CUDA, interpreter_for_module, kernel_module, round_like_kernels,
+                                      skip_module_if_triton_came_first)
 
 skip_module_if_triton_came_first()
 pytest.importorskip("triton")
@@ -36,23 +37,20 @@ def _randn(*shape: int, dtype: torch.dtype, gen: torch.Generator, scale: float =
     return (torch.randn(*shape, generator=gen) * scale).to(dtype=dtype, device=DEVICE)
 
 
-def _round(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    t = t.float()
-    if not HAS_CUDA and dtype == BF16:  # the interpreter's fp32 -> bf16 cast truncates
-        return (t.view(torch.int32) & -65536).view(torch.float32).to(dtype)
-    return t.to(dtype)
 
 
 def _norm_ref(x: torch.Tensor, residual: torch.Tensor | None, norm_weight: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    s = x if residual is None else _round(x.float() + residual.float(), x.dtype)
+    s = x if residual is None else round_like_kernels(x.float() + residual.float(), x.dtype)
     h = s.float()
     inv_rms = 1.0 / torch.sqrt(h.pow(2).mean(-1, keepdim=True) + EPS)
-    return _round(_round(h * inv_rms, x.dtype).float() * norm_weight.float(), x.dtype), s
+    normed = round_like_kernels(h * inv_rms, x.dtype)
+    return round_like_kernels(normed.float() * norm_weight.float(), x.dtype), s
 
 
 def _silu_mul_ref(gate_up: torch.Tensor) -> torch.Tensor:
     gate, up = gate_up.float().chunk(2, -1)
-    return _round(_round(gate / (1.0 + torch.exp(-gate)), gate_up.dtype).float() * up, gate_up.dtype)
+    silu = round_like_kernels(gate / (1.0 + torch.exp(-gate)), gate_up.dtype)
+    return round_like_kernels(silu.float() * up, gate_up.dtype)
 
 
 def _linear_ref(a: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
@@ -68,7 +66,7 @@ def assert_matches(out: torch.Tensor, want: torch.Tensor) -> None:
     if out.dtype == F32:
         assert (err.norm() / want.norm()).item() <= 1e-5
         return
-    expected = _round(want, BF16)
+    expected = round_like_kernels(want, BF16)
     ulp = torch.ldexp(torch.ones_like(want), torch.frexp(expected.double()).exponent - 8)
     assert (err <= ulp + 1e-6 * want.abs().max()).all(), f"off by {(err / ulp).max().item():.2f} ulp"
     assert (out != expected).double().mean().item() <= 0.02, f"{(out != expected).double().mean().item():.1%} differ"

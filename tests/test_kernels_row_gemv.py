@@ -7,12 +7,8 @@ import json
 import pytest
 import torch
 
-from tests.triton_interpreter import (
-    HAS_CUDA,
-    interpreter_for_module,
-    kernel_module,
-    skip_module_if_triton_came_first,
-)
+from tests.triton_interpreter import (HAS_CUDA, interpreter_for_module, kernel_module, round_like_kernels,
+                                      skip_module_if_triton_came_first)
 
 skip_module_if_triton_came_first()
 pytest.importorskip("triton")
@@ -45,11 +41,6 @@ def _inputs(prologue: int, n: int, k: int, dtype: torch.dtype, bias: bool, resid
             "norm_weight": 1 + randn(k, scale=0.25) if prologue == 1 else None}
 
 
-def _round(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    t = t.float()
-    if not HAS_CUDA and dtype == BF16:  # the interpreter's fp32 -> bf16 cast truncates
-        return (t.view(torch.int32) & -65536).view(torch.float32).to(dtype)
-    return t.to(dtype)
 
 
 def _reference(prologue: int, t: dict) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -57,12 +48,13 @@ def _reference(prologue: int, t: dict) -> tuple[torch.Tensor, torch.Tensor | Non
     x, summed = t["x"].double(), None
     if prologue == 1:
         if t["residual"] is not None:
-            summed = _round(t["x"].float() + t["residual"].float(), t["x"].dtype)
+            summed = round_like_kernels(t["x"].float() + t["residual"].float(), t["x"].dtype)
             x = summed.double()
         x = x / torch.sqrt(x.pow(2).mean(-1, keepdim=True) + EPS) * t["norm_weight"].double()
     elif prologue == 2:
         gate, up = t["x"].float().chunk(2, -1)  # rounded where silu_and_mul rounds
-        x = _round(_round(gate / (1 + torch.exp(-gate)), t["x"].dtype).float() * up, t["x"].dtype).double()
+        silu = round_like_kernels(gate / (1 + torch.exp(-gate)), t["x"].dtype)
+        x = round_like_kernels(silu.float() * up, t["x"].dtype).double()
     y = x @ t["weight"].double().T
     return (y if t["bias"] is None else y + t["bias"].double()), summed
 

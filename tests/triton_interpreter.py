@@ -50,3 +50,12 @@ def interpreter_for_module():
     if switched:
         restore_interpret_setting()
         forget_kernels()
+
+
+def round_like_kernels(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """t rounded to dtype as the kernels round it here: the interpreter's fp32 -> bf16 cast truncates where a GPU
+    rounds to nearest."""
+    t = t.float()
+    if not HAS_CUDA and dtype == torch.bfloat16:
+        return (t.view(torch.int32) & -65536).view(torch.float32).to(dtype)
+    return t.to(dtype)
