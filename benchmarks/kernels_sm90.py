@@ -50,6 +50,7 @@ def compile_sm90(fn: triton.runtime.JITFunction, args: tuple, kwargs: dict) -> d
 
 def cases() -> dict[str, tuple]:
     bf16, i32 = torch.bfloat16, torch.int32
+    pdl = dict(PDL=True, launch_pdl=True)  # as the engine launches its decode-step kernels on sm_90
     out = {}
     for name, hq, hkv, d in (("qwen3-0.6b", 16, 8, 128), ("qwen2.5-7b", 28, 4, 128), ("smollm2", 9, 3, 64)):
         b, bs, splits = 8, 16, 4
@@ -62,10 +63,9 @@ def cases() -> dict[str, tuple]:
             out[f"decode {name} splits={s}"] = (decode_attention._decode_split_kernel, (
                 q, kc, kc, bt, sl, q, po, pl, 0.1, q.stride(0), q.stride(1), q.stride(0), q.stride(1), bt.stride(0), s),
                 dict(NUM_HEADS=hq, NUM_KV_HEADS=hkv, HEAD_DIM=d, BLOCK_SIZE=bs, BLOCK_G=16, BLOCK_D=d,
-                     BLOCK_N=block_n, DIRECT=s == 1, UPCAST=False, PRECISION="tf32", num_warps=4, num_stages=2))
+                     BLOCK_N=block_n, DIRECT=s == 1, UPCAST=False, PRECISION="tf32", num_warps=4, num_stages=2, **pdl))
         out[f"merge {name}"] = (decode_attention._decode_merge_kernel, (po, pl, q, q.stride(0), q.stride(1), splits),
-                                dict(NUM_HEADS=hq, HEAD_DIM=d, BLOCK_D=d, BLOCK_S=splits,
-                                     num_warps=2))
+                                dict(NUM_HEADS=hq, HEAD_DIM=d, BLOCK_D=d, BLOCK_S=splits, num_warps=2, **pdl))
         t = torch.empty(1024, hq, d, dtype=bf16)
         qsl = torch.zeros(2, dtype=i32)
         out[f"extend {name}"] = (extend_attention._extend_kernel, (
@@ -96,14 +96,14 @@ def cases() -> dict[str, tuple]:
                 dict(HAS_NORM=has_norm, NUM_Q_HEADS=hq, NUM_KV_HEADS=hkv, HALF=d // 2,
                      BLOCK_HQ=rotary_kv.heads_per_program(hq, has_norm, 1, 132),  # a batch-1 decode step
                      BLOCK_HKV=rotary_kv.heads_per_program(hkv, has_norm, 1, 132), BLOCK_HALF=d // 2, BLOCK_D=d,
-                     num_warps=norm.norm_warps(d) if has_norm else 4))
+                     num_warps=norm.norm_warps(d) if has_norm else 4, **pdl))
     x = torch.empty(64, 5120, dtype=bf16)
     w = torch.empty(5120, dtype=bf16)
     out["rms_norm+residual 5120"] = (norm._rms_norm_kernel, (x, x, w, x, x, 1e-6, x.stride(0), x.stride(0)),
                                      dict(N=5120, BLOCK=8192, HAS_RESIDUAL=True, num_warps=norm.norm_warps(5120)))
     g = torch.empty(64, 2 * 27648, dtype=bf16)
     out["silu_and_mul 27648"] = (activation._silu_and_mul_kernel, (g, x, g.stride(0)),
-                                 dict(N=27648, BLOCK=1024, num_warps=4))
+                                 dict(N=27648, BLOCK=1024, num_warps=4, **pdl))
     for (n, k, prologue), config in row_gemv.ROW_CONFIGS.items():  # the one-token projections the engine takes
         name = {1024: "qwen3-0.6b", 3584: "qwen2.5-7b"}.get(min(n, k), f"{n}x{k}")
         w, xr, y = torch.empty(n, k, dtype=bf16), torch.empty(1, 2 * k, dtype=bf16), torch.empty(1, n, dtype=bf16)
@@ -113,7 +113,7 @@ def cases() -> dict[str, tuple]:
         pro = row_gemv.PROLOGUES.index(prologue)
         out[f"row_gemv {name} {n}x{k} {prologue}"] = (row_gemv._row_gemv_kernel, (
             xr, xr, w, w, w, y, y, part, count, 1e-6, n, k, k // split),
-            dict(SPLIT_K=split, PROLOGUE=pro, HAS_RESIDUAL=pro == row_gemv.NORM, HAS_BIAS=n == 4608, **kw))
+            dict(SPLIT_K=split, PROLOGUE=pro, HAS_RESIDUAL=pro == row_gemv.NORM, HAS_BIAS=n == 4608, **pdl, **kw))
     logits = torch.empty(64, 151936)
     temps = torch.empty(64)
     best, idx = torch.empty(64, 38), torch.empty(64, 38, dtype=torch.int64)

@@ -753,9 +753,10 @@ def test_attention_kernels_compile_once_whatever_a_steps_make_up():
             dec._decode_split_kernel, q, cache, cache, tables, lens, q, parts, lse, 0.1, q.stride(0), q.stride(1),
             q.stride(0), q.stride(1), tables.stride(0), splits, NUM_HEADS=28, NUM_KV_HEADS=4, HEAD_DIM=128,
             BLOCK_SIZE=16, BLOCK_G=16, BLOCK_D=128, BLOCK_N=64, DIRECT=False, UPCAST=False, PRECISION="ieee",
-            num_warps=4, num_stages=2)
+            PDL=True, num_warps=4, num_stages=2)
         merge = _specialization(dec._decode_merge_kernel, parts, lse, q, q.stride(0), q.stride(1), splits,
-                                NUM_HEADS=28, HEAD_DIM=128, BLOCK_D=128, BLOCK_S=dec.MAX_SPLITS, num_warps=2)
+                                NUM_HEADS=28, HEAD_DIM=128, BLOCK_D=128, BLOCK_S=dec.MAX_SPLITS, PDL=True,
+                                num_warps=2)
         return split, merge
 
     def extend_key(decodes: int, width: int) -> str:

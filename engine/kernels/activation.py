@@ -4,11 +4,12 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from engine.kernels.common import use_triton
+from engine.kernels.common import pdl_args, pdl_wait, use_triton
 
 
 @triton.jit
-def _silu_and_mul_kernel(x_ptr, out_ptr, stride_x, N: tl.constexpr, BLOCK: tl.constexpr):
+def _silu_and_mul_kernel(x_ptr, out_ptr, stride_x, N: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr):
+    pdl_wait(PDL)
     row = tl.program_id(0).to(tl.int64)
     offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < N
@@ -34,5 +35,5 @@ def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
     if rows.size(0):
         block = min(1024, triton.next_power_of_2(n))
         _silu_and_mul_kernel[(rows.size(0), triton.cdiv(n, block))](rows, out, rows.stride(0), N=n, BLOCK=block,
-                                                                    num_warps=4)
+                                                                    num_warps=4, **pdl_args(x.device))
     return out

@@ -5,6 +5,7 @@ import os
 import torch
 import triton
 import triton.language as tl
+from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
 INTERPRET: bool = bool(triton.knobs.runtime.interpret)
 
@@ -74,3 +75,30 @@ def env_switch(name: str) -> bool | None:
     if value not in ("0", "1"):
         raise ValueError(f"{name} must be 0, 1 or auto, got {value!r}")
     return value == "1"
+
+
+# Programmatic dependent launch (Hopper and later): a decode step is some two hundred short kernels in a row, and each
+# one's launch, ramp-up and first loads otherwise wait for the one before it to drain. PAGEBENCH_PDL=0 turns it off.
+PDL_SWITCH: bool | None = env_switch("PAGEBENCH_PDL")
+
+
+@functools.cache
+def pdl_enabled(device: torch.device) -> bool:
+    if PDL_SWITCH is False or device.type != "cuda" or INTERPRET:
+        return False
+    return torch.cuda.get_device_capability(device)[0] >= 9
+
+
+def pdl_args(device: torch.device) -> dict:
+    """The PDL constexpr and, where it is on, the launch attribute, for a kernel that calls pdl_wait."""
+    return {"PDL": True, "launch_pdl": True} if pdl_enabled(device) else {"PDL": False}
+
+
+@triton.jit
+def pdl_wait(PDL: tl.constexpr):
+    """Lets the next kernel launch (it waits in turn), then waits until the previous kernel has finished and its
+    writes are visible. Everything before this call may read only what no kernel of the step writes (weights);
+    everything that reads a previous kernel's output, or writes anything, comes after it."""
+    if PDL:
+        gdc_launch_dependents()
+        gdc_wait()

@@ -11,7 +11,7 @@ import torch
 import triton
 import triton.language as tl
 
-from engine.kernels.common import check_cache, check_out, dot_flags, num_sms, online_softmax_step
+from engine.kernels.common import check_cache, check_out, dot_flags, num_sms, online_softmax_step, pdl_args, pdl_wait
 
 LOG2E = 1.4426950408889634
 MAX_SPLITS = 32
@@ -26,7 +26,8 @@ def _decode_split_kernel(q_ptr, k_cache_ptr, v_cache_ptr, block_tables_ptr, seq_
                          NUM_HEADS: tl.constexpr, NUM_KV_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr,
                          BLOCK_SIZE: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_D: tl.constexpr,
                          BLOCK_N: tl.constexpr, DIRECT: tl.constexpr, UPCAST: tl.constexpr,
-                         PRECISION: tl.constexpr):
+                         PRECISION: tl.constexpr, PDL: tl.constexpr):
+    pdl_wait(PDL)
     seq = tl.program_id(0)
     kv_head = tl.program_id(1)
     split = tl.program_id(2)
@@ -86,7 +87,8 @@ def _decode_split_kernel(q_ptr, k_cache_ptr, v_cache_ptr, block_tables_ptr, seq_
 @triton.jit(do_not_specialize=["num_splits"])
 def _decode_merge_kernel(part_out_ptr, part_lse_ptr, out_ptr, stride_ob, stride_oh, num_splits,
                          NUM_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
-                         BLOCK_S: tl.constexpr):
+                         BLOCK_S: tl.constexpr, PDL: tl.constexpr):
+    pdl_wait(PDL)
     seq = tl.program_id(0)
     head = tl.program_id(1)
     offs_s = tl.arange(0, BLOCK_S)
@@ -144,9 +146,9 @@ def paged_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, 
         q.stride(0), q.stride(1), out.stride(0), out.stride(1), block_tables.stride(0), splits,
         NUM_HEADS=num_heads, NUM_KV_HEADS=num_kv_heads, HEAD_DIM=head_dim, BLOCK_SIZE=block_size,
         BLOCK_G=max(16, triton.next_power_of_2(num_heads // num_kv_heads)), BLOCK_D=block_d, BLOCK_N=block_n,
-        DIRECT=splits == 1, UPCAST=upcast, PRECISION=precision, **cfg)
+        DIRECT=splits == 1, UPCAST=upcast, PRECISION=precision, **pdl_args(q.device), **cfg)
     if splits > 1:
         _decode_merge_kernel[(batch, num_heads)](
             part_out, part_lse, out, out.stride(0), out.stride(1), splits, NUM_HEADS=num_heads, HEAD_DIM=head_dim,
-            BLOCK_D=block_d, BLOCK_S=MAX_SPLITS, num_warps=2)
+            BLOCK_D=block_d, BLOCK_S=MAX_SPLITS, num_warps=2, **pdl_args(q.device))
     return out

@@ -9,7 +9,7 @@ import triton
 import triton.language as tl
 
 from engine import attention
-from engine.kernels.common import check_cache, num_sms, use_triton
+from engine.kernels.common import check_cache, num_sms, pdl_args, pdl_wait, use_triton
 from engine.kernels.norm import norm_warps, rms_inv, rms_norm, rms_scale
 from engine.kernels.rotary_embedding import load_cos_sin, rotary, store_rotated
 
@@ -72,9 +72,11 @@ def _rotary_store_kv_kernel(positions_ptr, slot_mapping_ptr, q_ptr, k_ptr, v_ptr
                             cos_sin_ptr, q_norm_ptr, k_norm_ptr, eps, stride_qt, stride_qh, stride_kt, stride_kh,
                             stride_vt, stride_vh, stride_cos_sin, HAS_NORM: tl.constexpr, NUM_Q_HEADS: tl.constexpr,
                             NUM_KV_HEADS: tl.constexpr, HALF: tl.constexpr, BLOCK_HQ: tl.constexpr,
-                            BLOCK_HKV: tl.constexpr, BLOCK_HALF: tl.constexpr, BLOCK_D: tl.constexpr):
+                            BLOCK_HKV: tl.constexpr, BLOCK_HALF: tl.constexpr, BLOCK_D: tl.constexpr,
+                            PDL: tl.constexpr):
     # Grid (token, head block): the q blocks first, then the k/v blocks, so that a step of one token still spreads
     # its heads over several SMs.
+    pdl_wait(PDL)
     token = tl.program_id(0).to(tl.int64)
     part = tl.program_id(1)
     Q_BLOCKS: tl.constexpr = (NUM_Q_HEADS + BLOCK_HQ - 1) // BLOCK_HQ
@@ -165,5 +167,5 @@ def rotary_store_kv(positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v
             cos_sin.stride(0), HAS_NORM=has_norm, NUM_Q_HEADS=num_q_heads, NUM_KV_HEADS=num_kv_heads, HALF=half,
             BLOCK_HQ=block_hq, BLOCK_HKV=block_hkv,
             BLOCK_HALF=triton.next_power_of_2(half), BLOCK_D=triton.next_power_of_2(head_dim),
-            num_warps=norm_warps(head_dim) if has_norm else 4)  # norm_warps: rms_norm's reduction order
+            num_warps=norm_warps(head_dim) if has_norm else 4, **pdl_args(q.device))  # norm_warps: rms_norm's reduction order
     return q_out

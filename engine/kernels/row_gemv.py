@@ -12,7 +12,7 @@ import torch
 import triton
 import triton.language as tl
 
-from engine.kernels.common import INTERPRET, env_switch, num_sms
+from engine.kernels.common import INTERPRET, env_switch, num_sms, pdl_args, pdl_wait
 
 PLAIN, NORM, SILU_MUL = 0, 1, 2
 PROLOGUES = ("plain", "norm", "silu_mul")
@@ -21,9 +21,28 @@ MAX_SPLIT_N = 1 << 16  # outputs of a split launch; the workspace holds MAX_SPLI
 
 
 @triton.jit
+def _row_tile(acc, sum_sq, w, x_ptr, r_ptr, nw_ptr, new_r_ptr, offs_k, k_mask, K, pid_n, dtype: tl.constexpr,
+              PROLOGUE: tl.constexpr, HAS_RESIDUAL: tl.constexpr):
+    a = tl.load(x_ptr + offs_k, mask=k_mask, other=0.0).to(tl.float32)
+    if PROLOGUE == 1:  # NORM
+        if HAS_RESIDUAL:
+            a = (a + tl.load(r_ptr + offs_k, mask=k_mask, other=0.0).to(tl.float32)).to(dtype)
+            if pid_n == 0:
+                tl.store(new_r_ptr + offs_k, a, mask=k_mask)
+            a = a.to(tl.float32)
+        sum_sq += a * a
+        a = a * tl.load(nw_ptr + offs_k, mask=k_mask, other=0.0).to(tl.float32)
+    elif PROLOGUE == 2:  # SILU_MUL: x is [gate | up]
+        up = tl.load(x_ptr + K + offs_k, mask=k_mask, other=0.0).to(tl.float32)
+        a = ((a / (1.0 + tl.exp(-a))).to(dtype).to(tl.float32) * up).to(dtype).to(tl.float32)
+    acc += w.to(tl.float32) * a[None, :]
+    return acc, sum_sq
+
+
+@triton.jit
 def _row_gemv_kernel(x_ptr, r_ptr, nw_ptr, w_ptr, b_ptr, y_ptr, new_r_ptr, part_ptr, count_ptr, eps, N, K, K_SPLIT,
                      SPLIT_K: tl.constexpr, PROLOGUE: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
-                     HAS_BIAS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+                     HAS_BIAS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr):
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     dtype = y_ptr.dtype.element_ty
@@ -34,23 +53,19 @@ def _row_gemv_kernel(x_ptr, r_ptr, nw_ptr, w_ptr, b_ptr, y_ptr, new_r_ptr, part_
     sum_sq = tl.zeros([BLOCK_K], tl.float32)
     k_begin = pid_k * K_SPLIT
     k_end = tl.minimum(k_begin + K_SPLIT, K)
-    for k0 in range(k_begin, k_end, BLOCK_K):
+    # The first weight tile is loaded before waiting on the previous kernel: the weights are no kernel's output.
+    offs_k = k_begin + tl.arange(0, BLOCK_K)
+    k_mask = offs_k < k_end
+    w = tl.load(w_rows + offs_k[None, :], mask=n_mask[:, None] & k_mask[None, :], other=0.0)
+    pdl_wait(PDL)
+    acc, sum_sq = _row_tile(acc, sum_sq, w, x_ptr, r_ptr, nw_ptr, new_r_ptr, offs_k, k_mask, K, pid_n, dtype,
+                            PROLOGUE, HAS_RESIDUAL)
+    for k0 in range(k_begin + BLOCK_K, k_end, BLOCK_K):
         offs_k = k0 + tl.arange(0, BLOCK_K)
         k_mask = offs_k < k_end
-        a = tl.load(x_ptr + offs_k, mask=k_mask, other=0.0).to(tl.float32)
-        if PROLOGUE == 1:  # NORM
-            if HAS_RESIDUAL:
-                a = (a + tl.load(r_ptr + offs_k, mask=k_mask, other=0.0).to(tl.float32)).to(dtype)
-                if pid_n == 0:
-                    tl.store(new_r_ptr + offs_k, a, mask=k_mask)
-                a = a.to(tl.float32)
-            sum_sq += a * a
-            a = a * tl.load(nw_ptr + offs_k, mask=k_mask, other=0.0).to(tl.float32)
-        elif PROLOGUE == 2:  # SILU_MUL: x is [gate | up]
-            up = tl.load(x_ptr + K + offs_k, mask=k_mask, other=0.0).to(tl.float32)
-            a = ((a / (1.0 + tl.exp(-a))).to(dtype).to(tl.float32) * up).to(dtype).to(tl.float32)
         w = tl.load(w_rows + offs_k[None, :], mask=n_mask[:, None] & k_mask[None, :], other=0.0)
-        acc += w.to(tl.float32) * a[None, :]
+        acc, sum_sq = _row_tile(acc, sum_sq, w, x_ptr, r_ptr, nw_ptr, new_r_ptr, offs_k, k_mask, K, pid_n, dtype,
+                                PROLOGUE, HAS_RESIDUAL)
     y = tl.sum(acc, 1)
     if PROLOGUE == 1:  # NORM runs unsplit: this program saw the whole row
         y = y / tl.sqrt(tl.sum(sum_sq, 0) / K + eps)
@@ -114,7 +129,7 @@ def row_gemv(prologue: int, x: torch.Tensor, weight: torch.Tensor, bias: torch.T
         x, residual if residual is not None else x, norm_weight if norm_weight is not None else weight, weight,
         bias if bias is not None else weight, y, new_residual if new_residual is not None else y, part, count, eps,
         n, k, k_split, SPLIT_K=split, PROLOGUE=prologue, HAS_RESIDUAL=residual is not None,
-        HAS_BIAS=bias is not None, **cfg)
+        HAS_BIAS=bias is not None, **pdl_args(x.device), **cfg)
     return y, new_residual
 
 
