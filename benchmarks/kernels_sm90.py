@@ -28,7 +28,7 @@ from engine.kernels import (activation, decode_attention, extend_attention, kv_c
 
 TARGET = GPUTarget("cuda", 90, 32)
 TOOLS = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
-OPS = r"\b(HGMMA\.\w+|HMMA(?:\.\w+)+|LDGSTS\.E(?:\.BYPASS)?(?:\.\d+)?|LDG\.E(?:\.\d+)?|STG\.E(?:\.\d+)?|LDL|STL)\b"
+OPS = r"\b(ACQBULK|PREEXIT|HGMMA\.\w+|HMMA(?:\.\w+)+|LDGSTS\.E(?:\.BYPASS)?(?:\.\d+)?|LDG\.E(?:\.\d+)?|STG\.E(?:\.\d+)?|LDL|STL)\b"
 
 
 def compile_sm90(fn: triton.runtime.JITFunction, args: tuple, kwargs: dict) -> dict:
@@ -44,8 +44,11 @@ def compile_sm90(fn: triton.runtime.JITFunction, args: tuple, kwargs: dict) -> d
         usage = subprocess.run([f"{TOOLS}/cuobjdump", "-res-usage", path], capture_output=True, text=True).stdout
         sass = subprocess.run([f"{TOOLS}/cuobjdump", "-sass", path], capture_output=True, text=True).stdout
     res = re.search(r"REG:(\d+) STACK:(\d+) SHARED:(\d+) LOCAL:(\d+)", usage)
+    # ACQBULK is griddepcontrol.wait: the 16-byte loads issued before it overlap the previous kernel (PDL).
+    before_wait = sass.split("ACQBULK")[0] if "ACQBULK" in sass else ""
     return {"registers": int(res.group(1)), "stack": int(res.group(2)), "local": int(res.group(4)),
-            "shared": kernel.metadata.shared, "ops": dict(collections.Counter(re.findall(OPS, sass)))}
+            "shared": kernel.metadata.shared, "ops": dict(collections.Counter(re.findall(OPS, sass))),
+            "wide_loads_before_wait": before_wait.count("LDG.E.128")}
 
 
 def cases() -> dict[str, tuple]:

@@ -569,13 +569,16 @@ def test_attention_kernels_compile_for_hopper_without_spills(tmp_path):
     subprocess.run([sys.executable, "benchmarks/kernels_sm90.py", "--only", "qwen2.5-7b", "--json", str(report_path)],
                    cwd=root, check=True, capture_output=True)
     report = json.loads(report_path.read_text())
-    assert len(report) == 12
+    assert len(report) == 13
     for name, r in report.items():
         assert r["local"] == 0 and r["stack"] == 0 and not r["ops"].get("LDL"), f"{name} spills to local memory"
         if name.startswith(("decode", "extend")):
             assert r["ops"].get("LDGSTS.E.BYPASS.128"), f"{name} does not stream K/V with 16-byte async copies"
         if name.startswith("row_gemv"):
             assert r["ops"].get("LDG.E.128"), f"{name} does not read its weights 16 bytes at a time"
+            assert r["wide_loads_before_wait"], f"{name} waits on the previous kernel before loading weights"
+        if name.startswith(("row_gemv", "decode", "merge", "rope", "silu")):
+            assert r["ops"].get("ACQBULK") == 1 and r["ops"].get("PREEXIT") == 1, f"{name} is not launched with PDL"
     for name, r in report.items():
         if name.startswith("decode"):
             assert any(op.startswith("HMMA") for op in r["ops"]), f"{name} does not use the tensor cores"

@@ -146,9 +146,11 @@ def _row(block_n: int, block_k: int, split_k: int, num_warps: int, num_stages: i
 
 # Measured 2026-12-03 on an H200 (gemv_sweep.py at 9338f09, docs/benchmarks/2026-12-03-h200-gemv-sweep-9338f09.json):
 # us per call inside CUDA graphs, this kernel / the unfused launches (the norm or SiLU*mul launch, then cuBLAS; the
-# 0.6B o_proj took the 16-row kernel before, 6.3 us). Not taken: Qwen2.5-7B's down_proj (40.5 against 39.3 us, 38.9
-# against 39.0 in a 630-configuration sweep: its 18,944-wide rows stream at 3.5 TB/s against 4.0 for gate/up) and
-# the LM heads (within 2% of cuBLAS).
+# 0.6B o_proj took the 16-row kernel before, 6.3 us). The LM heads stay on cuBLAS (within 2%). Qwen2.5-7B's
+# down_proj lost alone (40.5 against 39.3 us: its 18,944-wide rows stream at 3.5 TB/s against 4.0 for gate/up), but
+# with programmatic dependent launch it won in the engine's decode step, where it replaces three launches (SiLU*mul,
+# cuBLAS, its split-K reduce) that wait for each other: 243.1 -> 252.4 tokens/s at batch 1 (H200, d829dd9, twice
+# in one call; benchmarks/gpu_bench.py --tests decode with this entry in PAGEBENCH_ROW_GEMV_TABLE).
 ROW_CONFIGS: dict[tuple[int, int, str], dict] = {
     (4096, 1024, "norm"): _row(8, 1024, 1, 4, 2),  # 0.6B qkv 5.2 / 7.2
     (1024, 2048, "plain"): _row(4, 1024, 1, 8, 2),  # 0.6B o 3.9 / 12.7
@@ -157,6 +159,7 @@ ROW_CONFIGS: dict[tuple[int, int, str], dict] = {
     (4608, 3584, "norm"): _row(16, 512, 1, 4, 2),  # 7B qkv 11.9 / 13.4
     (3584, 3584, "plain"): _row(4, 512, 1, 8, 4),  # 7B o 9.7 / 11.9
     (37888, 3584, "norm"): _row(8, 512, 1, 4, 2),  # 7B gate/up 67.8 / 72.1
+    (3584, 18944, "silu_mul"): _row(32, 512, 2, 4, 4),  # 7B down 40.5 / 39.3 alone; wins in the step (above)
 }
 ROW_MIN_GAIN = 0.97  # a measured configuration must take at most this share of today's time
 
