@@ -103,8 +103,7 @@ def cases() -> dict[str, tuple]:
     x = torch.empty(64, 5120, dtype=bf16)
     w = torch.empty(5120, dtype=bf16)
     out["rms_norm+residual 5120"] = (norm._rms_norm_kernel, (x, x, w, x, x, 1e-6, x.stride(0), x.stride(0)),
-                                     dict(N=5120, BLOCK=8192, HAS_RESIDUAL=True, num_warps=norm.norm_warps(5120),
-                                          **pdl))
+                                     dict(N=5120, BLOCK=8192, HAS_RESIDUAL=True, num_warps=norm.norm_warps(5120)))
     g = torch.empty(64, 2 * 27648, dtype=bf16)
     out["silu_and_mul 27648"] = (activation._silu_and_mul_kernel, (g, x, g.stride(0)),
                                  dict(N=27648, BLOCK=1024, num_warps=4, **pdl))

@@ -3,7 +3,7 @@ import torch
 import triton
 import triton.language as tl
 
-from engine.kernels.common import pdl_args, pdl_wait, use_triton
+from engine.kernels.common import use_triton
 
 
 @triton.jit
@@ -25,13 +25,11 @@ def norm_warps(n: int) -> int:
 
 @triton.jit
 def _rms_norm_kernel(x_ptr, residual_ptr, weight_ptr, out_ptr, new_residual_ptr, eps, stride_x, stride_r,
-                     N: tl.constexpr, BLOCK: tl.constexpr, HAS_RESIDUAL: tl.constexpr, PDL: tl.constexpr):
+                     N: tl.constexpr, BLOCK: tl.constexpr, HAS_RESIDUAL: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
     offs = tl.arange(0, BLOCK)
     mask = offs < N
     dtype = x_ptr.dtype.element_ty
-    w = tl.load(weight_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    pdl_wait(PDL)
     x = tl.load(x_ptr + row * stride_x + offs, mask=mask, other=0.0).to(tl.float32)
     if HAS_RESIDUAL:
         r = tl.load(residual_ptr + row * stride_r + offs, mask=mask, other=0.0).to(tl.float32)
@@ -39,6 +37,7 @@ def _rms_norm_kernel(x_ptr, residual_ptr, weight_ptr, out_ptr, new_residual_ptr,
         tl.store(new_residual_ptr + row * N + offs, summed, mask=mask)
         x = summed.to(tl.float32)
     inv_rms = rms_inv(x, eps, N)
+    w = tl.load(weight_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     out = rms_scale(x, inv_rms, w, dtype)
     tl.store(out_ptr + row * N + offs, out.to(out_ptr.dtype.element_ty), mask=mask)
 
@@ -73,5 +72,5 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float,
         block = triton.next_power_of_2(n)
         _rms_norm_kernel[(xs.size(0),)](
             xs, rs, weight, out, new_residual, eps, xs.stride(0), rs.stride(0), N=n, BLOCK=block,
-            HAS_RESIDUAL=residual is not None, num_warps=norm_warps(n), **pdl_args(x.device))
+            HAS_RESIDUAL=residual is not None, num_warps=norm_warps(n))
     return out if residual is None else (out, new_residual)
