@@ -28,7 +28,8 @@ from engine.kernels import (activation, decode_attention, extend_attention, kv_c
 
 TARGET = GPUTarget("cuda", 90, 32)
 TOOLS = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
-OPS = r"\b(ACQBULK|PREEXIT|HGMMA\.\w+|HMMA(?:\.\w+)+|LDGSTS\.E(?:\.BYPASS)?(?:\.\d+)?|LDG\.E(?:\.\d+)?|STG\.E(?:\.\d+)?|LDL|STL)\b"
+OPS = (r"\b(ACQBULK|PREEXIT|HGMMA\.\w+|HMMA(?:\.\w+)+|LDGSTS\.E(?:\.BYPASS)?(?:\.\d+)?|LDG\.E(?:\.\d+)?|STG\.E(?:\.\d+)?"
+       r"|LDL|STL)\b")
 
 
 def compile_sm90(fn: triton.runtime.JITFunction, args: tuple, kwargs: dict) -> dict:

@@ -167,5 +167,6 @@ def rotary_store_kv(positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v
             cos_sin.stride(0), HAS_NORM=has_norm, NUM_Q_HEADS=num_q_heads, NUM_KV_HEADS=num_kv_heads, HALF=half,
             BLOCK_HQ=block_hq, BLOCK_HKV=block_hkv,
             BLOCK_HALF=triton.next_power_of_2(half), BLOCK_D=triton.next_power_of_2(head_dim),
-            num_warps=norm_warps(head_dim) if has_norm else 4, **pdl_args(q.device))  # norm_warps: rms_norm's reduction order
+            num_warps=norm_warps(head_dim) if has_norm else 4,  # norm_warps: rms_norm's reduction order
+            **pdl_args(q.device))
     return q_out
