@@ -142,7 +142,7 @@ class LLMEngine:
         request_id = request_id or self.new_request_id()
         if request_id in self.seqs:
             raise ValueError(f"request id {request_id!r} is already in use")
-        now = time.time()
+        now = time.monotonic()
         seq = Sequence(request_id, prompt_ids, params, RequestMetrics(arrival_time or now, queued_time=now))
         self.pending.append(("add", seq))
         return request_id
@@ -186,7 +186,7 @@ class LLMEngine:
         return outputs
 
     def _launch(self, batch: ScheduledBatch, previous: InFlight | None) -> InFlight:
-        now = time.time()
+        now = time.monotonic()
         for seq in batch.seqs:
             if seq.metrics.first_scheduled_time is None:
                 seq.metrics.first_scheduled_time = now
@@ -209,7 +209,7 @@ class LLMEngine:
 
     def _complete(self, step: InFlight) -> list[RequestOutput]:
         values = step.tokens.read() if step.tokens is not None else []
-        now = time.time()
+        now = time.monotonic()
         live = [(seq, pos, token) for seq, pos, token in zip(step.sampled, step.positions, values)
                 if seq.status is not SequenceStatus.FINISHED]
         for seq, pos, token in live:
@@ -257,7 +257,7 @@ class LLMEngine:
         seq.drop_pending()
         self.scheduler.finish(seq, reason)
         self.runner.sampler.release(seq.request_id)
-        seq.metrics.finish_time = time.time()
+        seq.metrics.finish_time = time.monotonic()
         detok = self.detokenizers.pop(seq.request_id)
         del self.seqs[seq.request_id]
         new_tokens = seq.output_token_ids[-1:] if reason != "abort" else []

@@ -23,7 +23,8 @@ class SequenceStatus(Enum):
 
 @dataclass(slots=True)
 class RequestMetrics:
-    # arrival: the server received the request; queued: the engine did (after the chat template and tokenizing).
+    # Seconds of time.monotonic(), which a wall-clock step (NTP, a VM's restore) does not move. arrival: the server
+    # received the request; queued: the engine did (after the chat template and tokenizing).
     arrival_time: float
     queued_time: float | None = None
     first_scheduled_time: float | None = None

@@ -3,7 +3,16 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
+
+
+def boot_id() -> str | None:
+    """This boot of this host (Linux): processes that report the same one share one monotonic clock."""
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return None
 
 
 class Clock:
@@ -14,6 +23,13 @@ class Clock:
     def __init__(self) -> None:
         self.perf0 = time.perf_counter()
         self.unix0 = time.time()
+
+    def anchor(self) -> dict[str, Any]:
+        """For run.json: how to take a row's stamps back to the monotonic clock, where perf_counter is that clock
+        (Linux), so they compare with another process's monotonic stamps on the same boot (`engine serve
+        --request-log`) even if the wall clock stepped during the run."""
+        monotonic = time.get_clock_info("perf_counter").implementation == time.get_clock_info("monotonic").implementation
+        return {"unix0": self.unix0, "monotonic0": self.perf0 if monotonic else None, "boot_id": boot_id()}
 
     def unix(self, perf: float) -> float:
         return self.unix0 + (perf - self.perf0)

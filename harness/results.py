@@ -71,6 +71,8 @@ class RunInfo(Row):
     levels: list[LevelInfo] = []
     # How prompts were made: tagged per run, one per request, or shared on purpose (`sharing` says why).
     prompts: dict[str, Any] = {}
+    # The rows' unix stamps are monotonic ones mapped once: unix = unix0 + (monotonic - monotonic0) (record.Clock).
+    clock: dict[str, Any] = {}
 
 
 class RequestRow(Row):

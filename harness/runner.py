@@ -98,7 +98,8 @@ class Runner:
         info = RunInfo(run_id=run_dir.name, scenario_name=self.sc.name, scenario_path=str(self.loaded.path),
                        started_at=_iso(now), host=host_info(), pagebench_version=__version__, backends=backends, levels=levels,
                        event_loop=type(asyncio.get_running_loop()).__module__.split(".")[0],
-                       prompts=self.items.info() if isinstance(self.items, Prompts) else {})
+                       prompts=self.items.info() if isinstance(self.items, Prompts) else {},
+                       clock=self.clock.anchor())
         return RunWriter(run_dir, info, self.loaded.raw_bytes)
 
     def _event(self, kind: str, message: str, backend: str | None = None, level: str | None = None) -> None:

@@ -66,5 +66,6 @@ load:
     assert tl.returncode == 0, tl.stderr
     timeline = json.loads(tl.stdout)
     assert (timeline["requests"], timeline["unmatched"]) == (4, 0)
+    assert timeline["clock"] == "monotonic", "harness and server share this host's boot: no wall-clock comparison"
     assert all(p["min"] >= 0 for p in timeline["phase_s"].values()), timeline["phase_s"]
     assert timeline["client_first_token_s"]["min"] >= timeline["from_first_send_s"]["first_token"]["min"]

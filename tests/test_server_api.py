@@ -108,6 +108,8 @@ def test_request_log_lines_up_the_engine_timestamps(server, client):
     row = next(r for r in lines if r["request_id"] == resp.id)
     stamps = [row[k] for k in ("arrival", "queued", "first_scheduled", "first_token", "finished")]
     assert sent <= stamps[0] and stamps == sorted(stamps) and stamps[-1] <= done, row
+    mono = [row["monotonic"][k] for k in ("arrival", "queued", "first_scheduled", "first_token", "finished")]
+    assert mono == sorted(mono) and row["boot_id"], row  # what a client on this boot compares with its own clock
     assert (row["prompt_tokens"], row["output_tokens"], row["finish_reason"]) == \
         (resp.usage.prompt_tokens, resp.usage.completion_tokens, "length")
     m = server.metrics()

@@ -75,7 +75,7 @@ class StampArrival:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
-            scope.setdefault("state", {})["arrival"] = time.time()
+            scope.setdefault("state", {})["arrival"] = time.monotonic()
         await self.app(scope, receive, send)
 
 

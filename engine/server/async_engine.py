@@ -62,7 +62,7 @@ class AsyncEngine:
                 continue
             self.last_stats = self.engine.stats()
             if outputs:
-                self._post(self._dispatch, outputs, time.time())
+                self._post(self._dispatch, outputs, time.monotonic())
 
     def _post(self, fn: Callable, *args: object) -> None:
         try:
@@ -87,7 +87,7 @@ class AsyncEngine:
     def add(self, request_id: str, prompt: str | list[int], params: SamplingParams,
             arrival_time: float | None = None) -> "RequestStream":
         """Queues the request now, raising ValueError as LLMEngine.add_request does; outputs come on the stream."""
-        self.engine.add_request(request_id, prompt, params, arrival_time=arrival_time or time.time())
+        self.engine.add_request(request_id, prompt, params, arrival_time=arrival_time or time.monotonic())
         outbox = Outbox()
         self.queues[request_id] = outbox
         self.wake.set()

@@ -1,6 +1,8 @@
 """Prometheus metrics named like vLLM's (`pagebench:` where vLLM says `vllm:`), read from the engine at scrape time."""
 import json
+import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import TextIO
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -105,25 +107,42 @@ class ServerMetrics:
                     self.e2e.observe(out.metrics.finish_time - out.metrics.arrival_time)
 
 
+def boot_id() -> str | None:
+    """This boot of this host (Linux): two processes that report the same one share one monotonic clock."""
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return None
+
+
+STAMPS = ("arrival", "queued", "first_scheduled", "first_token", "finished")
+
+
 class RequestLog:
-    """`engine serve --request-log FILE`: one JSON line per finished request with the engine's own timestamps (unix
-    seconds), to line up against a client's: arrival (the server received it), queued (the engine did), first
-    scheduled, first token, finished."""
+    """`engine serve --request-log FILE`: one JSON line per finished request with the engine's own timestamps, to line
+    up against a client's: arrival (the server received it), queued (the engine did), first scheduled, first token,
+    finished. As unix seconds (time.monotonic() mapped to the wall clock once, when the log opens), and as the
+    monotonic seconds themselves with the host's boot id, which a client on the same host can compare with its own
+    monotonic stamps whatever the wall clock did meanwhile."""
 
     def __init__(self, engine: AsyncEngine, path: str) -> None:
         self.file: TextIO = open(path, "a", buffering=1)
+        self.mono0, self.unix0 = time.monotonic(), time.time()
+        self.boot_id = boot_id()
         engine.on_outputs.append(self.observe)
 
     def observe(self, outputs: list[RequestOutput], now: float) -> None:
         for out in outputs:
             if out.finished:
                 m = out.metrics
+                mono = dict(zip(STAMPS, (m.arrival_time, m.queued_time, m.first_scheduled_time, m.first_token_time,
+                                         m.finish_time)))
+                unix = {k: None if t is None else self.unix0 + (t - self.mono0) for k, t in mono.items()}
                 self.file.write(json.dumps({
-                    "request_id": out.request_id, "arrival": m.arrival_time, "queued": m.queued_time,
-                    "first_scheduled": m.first_scheduled_time, "first_token": m.first_token_time,
-                    "finished": m.finish_time, "prompt_tokens": out.num_prompt_tokens,
+                    "request_id": out.request_id, **unix, "prompt_tokens": out.num_prompt_tokens,
                     "cached_tokens": m.num_cached_tokens, "output_tokens": out.num_output_tokens,
-                    "finish_reason": out.finish_reason, "preemptions": m.num_preemptions}) + "\n")
+                    "finish_reason": out.finish_reason, "preemptions": m.num_preemptions,
+                    "monotonic": mono, "boot_id": self.boot_id}) + "\n")
 
     def close(self) -> None:
         self.file.close()
