@@ -84,8 +84,8 @@ PDL_SWITCH: bool | None = env_switch("PAGEBENCH_PDL")
 
 @functools.cache
 def pdl_enabled(device: torch.device) -> bool:
-    if PDL_SWITCH is False or device.type != "cuda" or INTERPRET:
-        return False
+    if PDL_SWITCH is False or device.type != "cuda" or INTERPRET or torch.version.hip is not None:
+        return False  # ROCm reports its GPUs as "cuda" devices, with capabilities that are not NVIDIA's
     return torch.cuda.get_device_capability(device)[0] >= 9
 
 
