@@ -17,12 +17,13 @@ def load_cos_sin(positions_ptr, cache_ptr, token, stride_cache, HALF: tl.constex
 
 
 @triton.jit
-def head_halves(src_ptr, src_row, stride_t, stride_h, NUM_HEADS: tl.constexpr, HALF: tl.constexpr,
-                BLOCK_H: tl.constexpr, BLOCK_HALF: tl.constexpr):
-    """(first halves, second halves, mask) of row src_row's heads (strided), as fp32 [BLOCK_H, BLOCK_HALF] tiles."""
+def head_halves(src_ptr, src_row, stride_t, stride_h, count, HALF: tl.constexpr, BLOCK_H: tl.constexpr,
+                BLOCK_HALF: tl.constexpr):
+    """(first halves, second halves, mask) of the first min(count, BLOCK_H) heads of row src_row (strided), as fp32
+    [BLOCK_H, BLOCK_HALF] tiles."""
     offs_h = tl.arange(0, BLOCK_H)
     offs_d = tl.arange(0, BLOCK_HALF)
-    mask = (offs_h[:, None] < NUM_HEADS) & (offs_d[None, :] < HALF)
+    mask = (offs_h[:, None] < count) & (offs_d[None, :] < HALF)
     src = src_ptr + src_row * stride_t + offs_h[:, None] * stride_h + offs_d[None, :]
     x1 = tl.load(src, mask=mask, other=0.0).to(tl.float32)
     x2 = tl.load(src + HALF, mask=mask, other=0.0).to(tl.float32)

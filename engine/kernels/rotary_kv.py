@@ -11,7 +11,7 @@ import triton.language as tl
 from engine import attention
 from engine.kernels.common import check_cache, num_sms, pdl_args, pdl_wait, use_triton
 from engine.kernels.norm import norm_warps, rms_inv, rms_norm, rms_scale
-from engine.kernels.rotary_embedding import load_cos_sin, rotary, store_rotated
+from engine.kernels.rotary_embedding import head_halves, load_cos_sin, rotary, store_rotated
 
 
 @triton.jit
@@ -49,13 +49,9 @@ def _norm_rotate_heads(src_ptr, weight_ptr, dst_ptr, src_row, dst_row, first, st
     """Heads first .. first + BLOCK_H of row src_row, rotated into row dst_row of a contiguous [rows, NUM_HEADS,
     2 * HALF] destination, after rms_norm's per-head RMSNorm when HAS_NORM (Qwen3's q_norm / k_norm)."""
     dtype = src_ptr.dtype.element_ty
-    offs_h = tl.arange(0, BLOCK_H)
     offs_d = tl.arange(0, BLOCK_HALF)
     src = src_ptr + first * stride_h
-    mask = (first + offs_h[:, None] < NUM_HEADS) & (offs_d[None, :] < HALF)
-    x = src + src_row * stride_t + offs_h[:, None] * stride_h + offs_d[None, :]
-    x1 = tl.load(x, mask=mask, other=0.0).to(tl.float32)
-    x2 = tl.load(x + HALF, mask=mask, other=0.0).to(tl.float32)
+    x1, x2, mask = head_halves(src, src_row, stride_t, stride_h, NUM_HEADS - first, HALF, BLOCK_H, BLOCK_HALF)
     if HAS_NORM:
         inv = _inv_rms_per_head(src, src_row, stride_t, stride_h, eps, NUM_HEADS - first, 2 * HALF, BLOCK_H,
                                 BLOCK_D)
